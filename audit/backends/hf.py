@@ -1,0 +1,461 @@
+"""Local Hugging Face causal LMs: a checkpoint directory, a hub id already in the local cache, or a GGUF file.
+
+Never touches the network: every load is ``local_files_only``. Safetensors are preferred and pickle
+checkpoints refused unless asked for; remote code runs only when asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from audit import fingerprint as fp
+from audit.backends.base import Capability, GenerateParams, Generation, ScoredText
+from audit.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Rows of the output head evaluated at once; keeps the [rows, vocab] logits block small enough to stay in cache.
+_HEAD_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device_map: str | None = None  # "auto" spreads a model too large for one device
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    directory: Path
+    gguf_file: str | None
+    origin: str  # what the user typed, recorded in results
+
+
+def resolve_device(requested: str) -> str:
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"--device {requested}: CUDA is not available on this machine")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    if requested != "auto":
+        if requested not in _DTYPES:
+            raise ModelLoadError(f"--dtype {requested}: choose one of auto, {', '.join(_DTYPES)}")
+        return _DTYPES[requested]
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_source(spec: str) -> ResolvedSource:
+    """Turn what the user typed into a local directory (+ GGUF file name), or raise one clear error."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not os.access(path, os.R_OK):
+            raise ModelLoadError(f"{spec}: permission denied")
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise ModelLoadError(f"{spec}: not a model directory or a .gguf file")
+            return ResolvedSource(path.parent, path.name, spec)
+        if not (path / "config.json").exists():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return ResolvedSource(path, ggufs[0], spec)
+            if ggufs:
+                raise ModelLoadError(f"{spec}: several .gguf files ({', '.join(ggufs)}); name one of them")
+            raise ModelLoadError(f"{spec}: no config.json, so not a Hugging Face model directory")
+        return ResolvedSource(path, None, spec)
+    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if looks_like_hub_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = snapshot_download(spec, local_files_only=True)
+        except Exception as exc:  # any failure means "not in the local cache"
+            raise ModelLoadError(
+                f"{spec}: no such path, and not in the local Hugging Face cache "
+                "(distill-audit never downloads; fetch it first, e.g. `hf download " + spec + "`)"
+            ) from exc
+        return ResolvedSource(Path(local), None, spec)
+    raise ModelLoadError(f"{spec}: no such file or directory")
+
+
+def _weights_files(directory: Path, allow_pickle: bool, origin: str) -> tuple[list[Path], bool]:
+    """The weight files to load and whether they are pickles; refuses pickles unless allowed."""
+    safetensors = sorted(directory.glob("*.safetensors"))
+    if safetensors:
+        return safetensors, False
+    pickles = sorted(directory.glob("pytorch_model*.bin")) + sorted(directory.glob("*.pt"))
+    if pickles:
+        if not allow_pickle:
+            raise ModelLoadError(
+                f"{origin}: weights are pickle files ({pickles[0].name}), which can run code when loaded; "
+                "convert them to safetensors, or pass --allow-pickle if you trust their source"
+            )
+        return pickles, True
+    raise ModelLoadError(f"{origin}: no weights found (*.safetensors or, with --allow-pickle, *.bin)")
+
+
+def _check_causal_lm(config: Any, origin: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    mapping = getattr(AutoModelForCausalLM, "_model_mapping", None)
+    if mapping is not None and type(config) not in mapping and not getattr(config, "auto_map", None):
+        arch = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+        raise ModelLoadError(f"{origin}: {arch} is not a causal (decoder) language model")
+
+
+class HFAdapter:
+    """A local transformers causal LM behind the :class:`~audit.backends.base.ModelAdapter` contract."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, fingerprint: dict[str, str], device: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self._fingerprint = fingerprint
+        self.device = device
+        self.forward_passes = 0  # counted so benchmarks and tests can prove the cache saved work
+        self._fast_head = self._fast_head_matches()
+        # transformers 5 renamed past_key_values to cache; speak whichever this version knows.
+        params = inspect.signature(type(model).forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    # -- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, spec: str, options: LoadOptions = LoadOptions(), name: str | None = None) -> "HFAdapter":
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        source = resolve_source(spec)
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device)
+        common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": options.trust_remote_code}
+        if source.gguf_file is not None:
+            try:
+                import gguf  # noqa: F401
+            except ImportError as exc:
+                raise ModelLoadError(
+                    f"{spec}: loading GGUF needs the gguf package: pip install 'distill-audit[gguf]'"
+                ) from exc
+            common["gguf_file"] = source.gguf_file
+            is_pickle = False
+            weight_files: list[Path] = [source.directory / source.gguf_file]
+        else:
+            weight_files, is_pickle = _weights_files(source.directory, options.allow_pickle, spec)
+            if not any((source.directory / f).exists() for f in _TOKENIZER_FILES):
+                raise ModelLoadError(f"{spec}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
+        try:
+            config = AutoConfig.from_pretrained(source.directory, **common)
+        except ValueError as exc:
+            raise ModelLoadError(f"{spec}: cannot read the model config: {_first_line(exc)}") from exc
+        _check_causal_lm(config, spec)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source.directory, **common)
+        except Exception as exc:
+            raise ModelLoadError(f"{spec}: cannot load the tokenizer: {_first_line(exc)}") from exc
+        load_kwargs: dict[str, Any] = dict(common, dtype=dtype)
+        if source.gguf_file is None:
+            load_kwargs["use_safetensors"] = not is_pickle
+        if options.device_map:
+            load_kwargs["device_map"] = options.device_map
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source.directory, **load_kwargs)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{spec}: cannot load the model: {_first_line(exc)}") from exc
+        if not options.device_map:
+            model.to(device)  # type: ignore[arg-type]
+        model.eval()
+        if tokenizer.pad_token_id is None:
+            # Padding positions are masked out, so any id works; eos is the usual choice.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
+        if is_pickle:
+            weights_hash = fp.state_dict_fingerprint(model.state_dict())
+        elif source.gguf_file is not None:
+            weights_hash = fp.file_fingerprint(weight_files[0])
+        else:
+            weights_hash = fp.safetensors_fingerprint(weight_files)
+        tokenizer_hash = fp.tokenizer_fingerprint(tokenizer)
+        fingerprint = {
+            "model": fp.combine(weights_hash, tokenizer_hash),
+            "weights": weights_hash,
+            "tokenizer": tokenizer_hash,
+            "format": "gguf" if source.gguf_file else ("pickle" if is_pickle else "safetensors"),
+        }
+        log.info("loaded %s (%s, %s, %s)", spec, type(model).__name__, device, dtype)
+        return cls(model, tokenizer, name or spec, fingerprint, device if not options.device_map else "auto")
+
+    # -- contract ----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset(Capability)
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        return dict(self._fingerprint)
+
+    @property
+    def runtime(self) -> dict[str, str]:
+        """Where and how the model runs, for the result's record."""
+        return {
+            "backend": "hf",
+            "class": type(self.model).__name__,
+            "device": self.device,
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+        }
+
+    @property
+    def context_length(self) -> int | None:
+        config = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self._encode(texts)]
+
+    def _offsets(self, texts: Sequence[str]) -> list[np.ndarray]:
+        if getattr(self.tokenizer, "is_fast", False):
+            enc = self.tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=True)
+            return [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in enc["offset_mapping"]]
+        # Slow tokenizers have no offsets: recover them from the growth of the decoded prefix.
+        out = []
+        for ids in self._encode(texts):
+            spans, prev = [], 0
+            for i in range(len(ids)):
+                end = len(self.tokenizer.decode(ids[: i + 1], skip_special_tokens=True))
+                spans.append((prev, max(prev, end)))
+                prev = max(prev, end)
+            out.append(np.asarray(spans, dtype=np.int64).reshape(-1, 2))
+        return out
+
+    def _pad_right(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(ids) for ids in batch)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        return input_ids.to(self.input_device), mask.to(self.input_device)
+
+    def _fast_head_matches(self) -> bool:
+        """Whether base model + output head reproduces the full forward's logits for this architecture.
+
+        The fast path runs the output head only on real (non-padding) positions, the bulk of the cost
+        for small models with large vocabularies. Architectures that post-process logits (soft-capping,
+        scaling) fail this check and use the plain forward instead.
+        """
+        head = self.model.get_output_embeddings()
+        if head is None or getattr(self.model, "base_model", None) is None:
+            return False
+        ids = torch.tensor([[self.tokenizer.pad_token_id or 0, 1, 2, 3]], device=self.input_device)
+        ids = ids.clamp(max=self.model.config.vocab_size - 1)
+        with torch.inference_mode():
+            full = self.model(input_ids=ids).logits.float()
+            hidden = self.model.base_model(input_ids=ids)[0]
+            fast = head(hidden).float()
+        return bool(torch.allclose(full, fast, atol=1e-4, rtol=1e-4))
+
+    def _position_logits(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Hidden states (or logits) at every position that predicts a real next token, flattened."""
+        predicts = mask[:, 1:].bool()
+        self.forward_passes += 1
+        if self._fast_head:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask)[0]
+            return hidden[:, :-1][predicts], self.model.get_output_embeddings()
+        logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+        return logits[:, :-1][predicts], None
+
+    def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+        if not texts:
+            return []
+        encoded = self._encode(texts)
+        offsets = self._offsets(texts)
+        input_ids, mask = self._pad_right(encoded)
+        targets = input_ids[:, 1:][mask[:, 1:].bool()]
+        k = max(1, min(top_k, self.model.config.vocab_size))
+        with torch.inference_mode():
+            rows, head = self._position_logits(input_ids, mask)
+            parts: list[tuple[torch.Tensor, ...]] = []
+            for start in range(0, rows.shape[0], _HEAD_CHUNK):
+                block = rows[start : start + _HEAD_CHUNK]
+                logits = (head(block) if head is not None else block).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                tgt = targets[start : start + _HEAD_CHUNK].to(logits.device)
+                target_lp = logits.gather(1, tgt[:, None])[:, 0] - lse
+                top_vals, top_ids = logits.topk(k, dim=-1)
+                probs = torch.exp(logits - lse[:, None])
+                entropy = lse - (probs * logits).sum(-1)
+                parts.append((target_lp, top_ids, top_vals - lse[:, None], entropy))
+        if parts:
+            all_lp, all_ids, all_top_lp, all_entropy = (
+                torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(4)
+            )
+        else:
+            all_lp, all_entropy = np.zeros(0, np.float32), np.zeros(0, np.float32)
+            all_ids, all_top_lp = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        results, cursor = [], 0
+        for ids, offs in zip(encoded, offsets):
+            m = max(len(ids) - 1, 0)  # positions with a prediction; the first token has none
+            sl = slice(cursor, cursor + m)
+            cursor += m
+            results.append(
+                ScoredText(
+                    token_ids=np.asarray(ids, dtype=np.int64),
+                    offsets=offs,
+                    target_logprob=np.concatenate([[np.nan], all_lp[sl]]).astype(np.float32),
+                    topk_ids=np.concatenate([np.full((1, k), -1), all_ids[sl]]).astype(np.int64),
+                    topk_logprobs=np.concatenate([np.full((1, k), np.nan), all_top_lp[sl]]).astype(np.float32),
+                    entropy=np.concatenate([[np.nan], all_entropy[sl]]).astype(np.float32),
+                )
+            )
+        return results
+
+    def generate(self, prompts: Sequence[str], params: GenerateParams) -> list[Generation]:
+        """Greedy or seeded sampling with left padding and explicit position ids, one KV cache per batch.
+
+        Sampling noise comes from a generator seeded by (seed, prompt), so a prompt's continuation does
+        not depend on which other prompts share its batch.
+        """
+        if not prompts:
+            return []
+        encoded = self._encode(prompts)
+        width = max(len(ids) for ids in encoded)
+        batch = len(encoded)
+        dev = self.input_device
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((batch, width), pad, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids) :] = 1
+        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        eos = self.tokenizer.eos_token_id
+        generators = None
+        if params.do_sample:
+            generators = []
+            for prompt in prompts:
+                digest = hashlib.sha256(f"{params.seed}\0{prompt}".encode()).digest()
+                generators.append(torch.Generator().manual_seed(int.from_bytes(digest[:8], "little")))
+        k = max(1, min(params.top_k, self.model.config.vocab_size))
+        new_ids: list[list[int]] = [[] for _ in range(batch)]
+        new_lp: list[list[float]] = [[] for _ in range(batch)]
+        new_top_ids: list[list[np.ndarray]] = [[] for _ in range(batch)]
+        new_top_lp: list[list[np.ndarray]] = [[] for _ in range(batch)]
+        done = [False] * batch
+        past = None
+        step_ids, step_pos = input_ids, position_ids
+        with torch.inference_mode():
+            for _ in range(params.max_new_tokens):
+                self.forward_passes += 1
+                out = self.model(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=step_pos,
+                    use_cache=True,
+                    **{self._cache_kwarg: past},
+                )
+                past = getattr(out, self._cache_kwarg)
+                logits = out.logits[:, -1, :].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                if generators is not None:
+                    scaled = torch.log_softmax(logits / max(params.temperature, 1e-6), dim=-1).cpu()
+                    gumbel = torch.stack(
+                        [-torch.log(-torch.log(torch.rand(scaled.shape[-1], generator=g).clamp_min(1e-20)))
+                         for g in generators]
+                    )
+                    chosen = (scaled + gumbel).argmax(-1).to(dev)
+                else:
+                    chosen = logits.argmax(-1)
+                top_vals, top_idx = logprobs.topk(k, dim=-1)
+                chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
+                chosen_cpu, chosen_lp_cpu = chosen.cpu().tolist(), chosen_lp.cpu().tolist()
+                top_vals_np, top_idx_np = top_vals.cpu().numpy(), top_idx.cpu().numpy()
+                for row in range(batch):
+                    if done[row]:
+                        continue
+                    token = chosen_cpu[row]
+                    if eos is not None and token == eos:
+                        done[row] = True
+                        continue
+                    new_ids[row].append(token)
+                    new_lp[row].append(chosen_lp_cpu[row])
+                    new_top_ids[row].append(top_idx_np[row])
+                    new_top_lp[row].append(top_vals_np[row])
+                if all(done):
+                    break
+                feed = torch.tensor([pad if done[r] else chosen_cpu[r] for r in range(batch)], device=dev)
+                step_ids = feed[:, None]
+                step_pos = step_pos[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=dev)], dim=1)
+        results = []
+        for row in range(batch):
+            results.append(
+                Generation(
+                    text=self._continuation_text(encoded[row], new_ids[row]),
+                    token_ids=np.asarray(new_ids[row], dtype=np.int64),
+                    token_logprobs=np.asarray(new_lp[row], dtype=np.float32),
+                    topk_ids=np.asarray(new_top_ids[row], dtype=np.int64).reshape(-1, k),
+                    topk_logprobs=np.asarray(new_top_lp[row], dtype=np.float32).reshape(-1, k),
+                )
+            )
+        return results
+
+    def _continuation_text(self, prompt_ids: list[int], new_ids: list[int]) -> str:
+        """The continuation as it reads after the prompt (decoding jointly keeps word boundaries right)."""
+        prompt_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        full_text = self.tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
+        if full_text.startswith(prompt_text):
+            return str(full_text[len(prompt_text) :])
+        return str(self.tokenizer.decode(new_ids, skip_special_tokens=True))
+
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+        """Per-token hidden states of the chosen layers (0 = embeddings, -1 = last): [layers, tokens, dim]."""
+        if not texts:
+            return []
+        encoded = self._encode(texts)
+        input_ids, mask = self._pad_right(encoded)
+        with torch.inference_mode():
+            self.forward_passes += 1
+            out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+            chosen = [out.hidden_states[layer].float().cpu() for layer in layers]
+        return [
+            np.stack([h[row, : len(ids)].numpy() for h in chosen]).astype(np.float32)
+            for row, ids in enumerate(encoded)
+        ]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

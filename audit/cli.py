@@ -1,0 +1,229 @@
+"""The command line. The only module that prints; errors become one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+
+from audit import __version__
+from audit.errors import AuditError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("audit")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("distill-audit"))
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"distill-audit: error: {message}", err=True)
+    sys.exit(code)
+
+
+def user_errors(func: F) -> F:
+    """Turn the errors a user can cause into one clear line and the right exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AuditError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; finished inference is cached, re-run the same command to resume", EXIT_INTERRUPTED)
+        except OSError as exc:  # disk full, permissions on the output folder, ...
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}", EXIT_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="distill-audit: %(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "torch", "urllib3", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    import warnings
+
+    if not verbose:
+        warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="distill-audit")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress bars.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """distill-audit: was this student model distilled from that teacher model?
+
+    Runs statistical detectors over batched, cached inference of a teacher, a suspect student and a
+    panel of independent reference models, and writes a verdict with p-values and evidence to
+    OUT/result.json. Exit codes: 0 done, 1 runtime error, 2 usage error (bad path, file or flag).
+    """
+    _setup_logging(verbose, quiet)
+    ctx.obj = {"progress": False if quiet else None}
+
+
+def _model_options(func: F) -> F:
+    options = [
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True, help="auto: bfloat16 on a GPU, float32 on a CPU."),
+        click.option("--device-map", type=click.Choice(["auto"]), default=None,
+                     help="Spread a model too large for one device over all devices (accelerate)."),
+        click.option("--allow-pickle", is_flag=True,
+                     help="Load pickle (.bin) checkpoints. They can run code when loaded: trusted sources only."),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="Run model code shipped with a checkpoint. Off by default; trusted sources only."),
+        click.option("--batch-tokens", default=8192, show_default=True, type=click.IntRange(min=1),
+                     help="Token budget of one batch (rows x longest row); halved automatically on out-of-memory."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Inference cache and demo models [default: the user cache directory]."),
+        click.option("--no-cache", is_flag=True, help="Keep no inference cache on disk."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _out_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    return out
+
+
+@main.command()
+@click.option("--teacher", required=True, metavar="PATH|ID|GGUF",
+              help="Teacher model: checkpoint directory, cached hub id, or .gguf file.")
+@click.option("--student", required=True, metavar="PATH|ID|GGUF", help="The suspect student model.")
+@click.option("--reference", "references", multiple=True, metavar="PATH|ID|GGUF",
+              help="An independent reference model of a similar class; repeat for each (at least 2; 4+ gives power).")
+@click.option("--probes", default="default", show_default=True, help="A built-in probe set's name, or a .txt/.jsonl file.")
+@click.option("--n-probes", type=click.IntRange(min=1), default=None, help="Use a seeded random subset of this many probes.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for sub-sampling, sampling and bootstraps.")
+@click.option("--alpha", default=0.01, show_default=True, type=float, help="Significance level of the verdict.")
+@click.option("--detector", "detectors", multiple=True, metavar="NAME",
+              help="Run only these detectors (repeatable); see `distill-audit detectors`.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory; result.json is written there.")
+@_model_options
+@click.pass_context
+@user_errors
+def run(ctx: click.Context, out: Path, **kw: Any) -> None:
+    """Audit one student against one teacher and a reference panel."""
+    from audit.result import write_result
+    from audit.runner import run_audit
+
+    spec = _spec(kw)
+    out = _out_dir(out)
+    result = run_audit(spec, progress=ctx.obj["progress"], command=sys.argv)
+    write_result(out / "result.json", result)
+    _print_verdict("audit", result, out / "result.json")
+
+
+def _spec(kw: dict[str, Any]) -> Any:
+    from audit.backends.hf import LoadOptions
+    from audit.spec import AuditSpec
+
+    return AuditSpec(
+        teacher=kw["teacher"],
+        student=kw["student"],
+        references=tuple(kw["references"]),
+        probes=kw["probes"],
+        n_probes=kw["n_probes"],
+        seed=kw["seed"],
+        alpha=kw["alpha"],
+        detectors=tuple(kw["detectors"]),
+        load=LoadOptions(device=kw["device"], dtype=kw["dtype"], device_map=kw["device_map"],
+                         allow_pickle=kw["allow_pickle"], trust_remote_code=kw["trust_remote_code"]),
+        token_budget=kw["batch_tokens"],
+        cache_dir=None if kw["no_cache"] else (kw["cache_dir"] or default_cache_dir()),
+    )
+
+
+def _print_verdict(title: str, result: dict[str, Any], path: Path) -> None:
+    from reports import render_summary
+
+    click.echo(render_summary(result, str(path), title), nl=False)
+
+
+@main.command()
+@click.option("--out", default=Path("demo-audit"), show_default=True, type=click.Path(path_type=Path),
+              help="Where the two demo results go.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@_model_options
+@click.pass_context
+@user_errors
+def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
+    """Build tiny demo models (offline, about a minute on a CPU) and audit a distilled student and a control.
+
+    The models are saved with save_pretrained under the cache directory and reused next time.
+    """
+    from audit.demo import build_demo_models, demo_prompts
+    from audit.result import write_atomic, write_result
+    from audit.runner import run_audit
+
+    started = time.perf_counter()
+    out = _out_dir(out)
+    cache_dir = kw["cache_dir"] or default_cache_dir()
+    quiet = ctx.obj["progress"] is False
+    say: Callable[[str], None] = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    paths = build_demo_models(cache_dir, report=say)
+    probes = out / "demo-probes.txt"
+    write_atomic(probes, "\n".join(demo_prompts()) + "\n")
+    refs = tuple(str(p) for name, p in sorted(paths.items()) if name.startswith("reference-"))
+    kw.update(teacher=str(paths["teacher"]), references=refs, probes=str(probes), n_probes=None, seed=seed,
+              alpha=0.01, detectors=())
+    for case, suspect in (("distilled", "student"), ("control", "control")):
+        kw["student"] = str(paths[suspect])
+        result = run_audit(_spec(kw), progress=ctx.obj["progress"], command=sys.argv)
+        write_result(out / case / "result.json", result)
+        _print_verdict(f"{case:>9} student", result, out / case / "result.json")
+    click.echo(f"demo models: {next(iter(paths.values())).parent}   ({time.perf_counter() - started:.0f}s)")
+
+
+@main.command("detectors")
+def list_detectors() -> None:
+    """List the detectors and the access each needs."""
+    from detectors import REGISTRY
+
+    for name in sorted(REGISTRY):
+        cls = REGISTRY[name]
+        click.echo(f"{name}")
+        click.echo(f"  {cls.summary}")
+        for role, caps in cls.requires.items():
+            click.echo(f"  {role:<9} needs: {', '.join(sorted(c.value for c in caps))}")
+        extra = [f"at least {cls.min_references} reference(s)"] if cls.min_references else []
+        if cls.same_tokenizer:
+            extra.append("one tokenizer shared by all models")
+        if extra:
+            click.echo(f"  also:     {'; '.join(extra)}")
+
+
+@main.command("probes")
+def list_probes() -> None:
+    """List the built-in probe sets."""
+    from audit.probes import builtin_names, load_probe_set
+
+    for name in builtin_names():
+        ps = load_probe_set(name)
+        click.echo(f"{name}  version {ps.version}  {ps.n_total} prompts  sha256 {ps.full_hash[:16]}")

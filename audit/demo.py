@@ -1,0 +1,83 @@
+"""The built-in demo: tiny models on a synthetic language, one of them distilled, audited end to end.
+
+Builds a teacher, a student distilled from it (logit KD), an independent control trained on the same
+language, and two reference models, saves each with ``save_pretrained`` under the cache directory
+(reused on later runs), then audits the student and the control against the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from audit import synthetic
+
+log = logging.getLogger(__name__)
+
+DEMO_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How each demo model is made. Changing anything here changes the build directory."""
+
+    grammar_seed: int = 0
+    sentences: int = 1500  # per independently trained model: a small sample, so each learns its own quirks
+    student_sentences: int = 3000  # text the student was distilled on (its own sample, teacher's soft labels)
+    steps: int = 300
+    n_references: int = 4  # the panel test gains power with each reference
+    n_probes: int = 100
+    probe_seed: int = 777
+
+
+def _model_plan(recipe: DemoRecipe) -> list[tuple[str, int]]:
+    names = [("teacher", 1), ("control", 4)] + [(f"reference-{i + 1}", 10 + i) for i in range(recipe.n_references)]
+    return names + [("student", 5)]
+
+
+def build_demo_models(root: Path, recipe: DemoRecipe = DemoRecipe(),
+                      report: Callable[[str], None] = lambda msg: None) -> dict[str, Path]:
+    """Build (or reuse) the demo models under ``root``; returns role name -> checkpoint directory."""
+    from transformers import AutoTokenizer
+
+    build_dir = root / f"demo-models-v{DEMO_VERSION}"
+    marker = build_dir / "complete.json"
+    paths = {name: build_dir / name for name, _ in _model_plan(recipe)}
+    root.mkdir(parents=True, exist_ok=True)
+    if marker.exists() and json.loads(marker.read_text()) == asdict(recipe):
+        report(f"reusing demo models in {build_dir}")
+        return paths
+    # Build beside the final place and rename at the end, so a killed build leaves nothing half-made.
+    staging = Path(tempfile.mkdtemp(prefix=f".{build_dir.name}.", dir=root))
+    grammar = synthetic.Grammar(seed=recipe.grammar_seed)
+    tok_dir = staging / "tokenizer"
+    synthetic.build_tokenizer(grammar, tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    models: dict[str, Any] = {}
+    for name, seed in _model_plan(recipe):
+        t0 = time.perf_counter()
+        is_student = name == "student"
+        n_sentences = recipe.student_sentences if is_student else recipe.sentences
+        corpus = synthetic.encode_corpus(tokenizer, grammar.text(n_sentences, seed=seed))
+        model = synthetic.new_model(tokenizer, synthetic.TinyConfig(), seed=seed)
+        plan = synthetic.TrainPlan(steps=recipe.steps, seed=seed)
+        models[name] = synthetic.train(model, corpus, plan, teacher=models["teacher"] if is_student else None)
+        models[name].save_pretrained(staging / name)
+        tokenizer.save_pretrained(staging / name)
+        report(f"built {name:<12} in {time.perf_counter() - t0:4.1f}s")
+    (staging / marker.name).write_text(json.dumps(asdict(recipe)))
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    os.replace(staging, build_dir)
+    return paths
+
+
+def demo_prompts(recipe: DemoRecipe = DemoRecipe()) -> list[str]:
+    return synthetic.Grammar(seed=recipe.grammar_seed).prompts(recipe.n_probes, seed=recipe.probe_seed)

@@ -1,0 +1,245 @@
+"""Batched, cached inference shared by every detector.
+
+Requests are de-duplicated, looked up in the cache, sorted by length, packed into batches under a
+token budget (padded tokens count), computed, committed to the cache batch by batch, and returned in
+the caller's order. An out-of-memory error halves the batch and retries, and lowers the budget for
+the rest of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence, TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+from audit.backends.base import GenerateParams, Generation, ModelAdapter, ScoredText
+from audit.cache import InferenceCache, pack_arrays, request_key, unpack_arrays
+from audit.errors import AuditError, ProbeTooLongError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class EngineStats:
+    """Counts for one run: how much was asked, how much the cache answered, how much was computed."""
+
+    requested: int = 0
+    cache_hits: int = 0
+    computed: int = 0
+    batches: int = 0
+    oom_retries: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    oom_types: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
+    if isinstance(exc, oom_types):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def pack_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first, so that rows x longest row <= token_budget."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * width > token_budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _score_to_arrays(s: ScoredText) -> dict[str, np.ndarray]:
+    return {
+        "token_ids": s.token_ids,
+        "offsets": s.offsets,
+        "target_logprob": s.target_logprob,
+        "topk_ids": s.topk_ids,
+        "topk_logprobs": s.topk_logprobs,
+        "entropy": s.entropy,
+    }
+
+
+def _gen_to_arrays(g: Generation) -> dict[str, np.ndarray]:
+    return {
+        "text": np.asarray(g.text),
+        "token_ids": g.token_ids,
+        "token_logprobs": g.token_logprobs,
+        "topk_ids": g.topk_ids,
+        "topk_logprobs": g.topk_logprobs,
+    }
+
+
+def _gen_from_arrays(a: Mapping[str, np.ndarray]) -> Generation:
+    return Generation(
+        text=str(a["text"]),
+        token_ids=a["token_ids"],
+        token_logprobs=a["token_logprobs"],
+        topk_ids=a["topk_ids"],
+        topk_logprobs=a["topk_logprobs"],
+    )
+
+
+class Engine:
+    """Batched, cached inference. ``score_top_k`` is how many alternatives every scoring pass keeps, so
+    one forward pass serves every detector that scores the same (model, text)."""
+
+    def __init__(
+        self,
+        cache: InferenceCache,
+        token_budget: int = 8192,
+        score_top_k: int = 10,
+        progress: bool | None = None,
+    ):
+        if token_budget < 1:
+            raise AuditError("token budget must be at least 1")
+        self.cache = cache
+        self.token_budget = token_budget
+        self.score_top_k = score_top_k
+        self.progress = progress  # None: tqdm decides (off when stderr is not a terminal)
+        self.stats = EngineStats()
+        self._memo: dict[str, object] = {}
+
+    # -- public batch calls ------------------------------------------------------------------------
+    def score(self, adapter: ModelAdapter, texts: Sequence[str]) -> list[ScoredText]:
+        k = self.score_top_k
+        return self._run(
+            adapter,
+            "score",
+            {"top_k": k},
+            texts,
+            lengths=adapter.count_tokens,
+            compute=lambda batch: adapter.score(batch, k),
+            to_arrays=_score_to_arrays,
+            from_arrays=lambda a: ScoredText(**a),
+        )
+
+    def generate(self, adapter: ModelAdapter, prompts: Sequence[str], params: GenerateParams) -> list[Generation]:
+        extra = params.max_new_tokens
+        return self._run(
+            adapter,
+            "generate",
+            params.to_dict(),
+            prompts,
+            lengths=lambda batch: [n + extra for n in adapter.count_tokens(batch)],
+            compute=lambda batch: adapter.generate(batch, params),
+            to_arrays=_gen_to_arrays,
+            from_arrays=_gen_from_arrays,
+        )
+
+    def hidden_states(self, adapter: ModelAdapter, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+        layer_list = [int(x) for x in layers]
+        return self._run(
+            adapter,
+            "hidden",
+            {"layers": layer_list},
+            texts,
+            lengths=adapter.count_tokens,
+            compute=lambda batch: adapter.hidden_states(batch, layer_list),
+            to_arrays=lambda h: {"h": h},
+            from_arrays=lambda a: a["h"],
+        )
+
+    # -- machinery ---------------------------------------------------------------------------------
+    def _run(
+        self,
+        adapter: ModelAdapter,
+        kind: str,
+        params: Mapping[str, object],
+        inputs: Sequence[str],
+        lengths: Callable[[Sequence[str]], list[int]],
+        compute: Callable[[list[str]], Sequence[T]],
+        to_arrays: Callable[[T], Mapping[str, np.ndarray]],
+        from_arrays: Callable[[dict[str, np.ndarray]], T],
+    ) -> list[T]:
+        model_id = adapter.fingerprint["model"]
+        keys = [request_key(model_id, kind, params, text) for text in inputs]
+        self.stats.requested += len(keys)
+        todo: dict[str, str] = {}
+        for key, text in zip(keys, inputs):
+            if key not in self._memo:
+                todo.setdefault(key, text)
+        if todo:
+            for key, blob in self.cache.get_many(todo).items():
+                self._memo[key] = from_arrays(unpack_arrays(blob))
+                del todo[key]
+        self.stats.cache_hits += len(keys) - len(todo)
+        if todo:
+            self._compute(adapter, kind, todo, lengths, compute, to_arrays)
+        return [self._memo[key] for key in keys]  # type: ignore[misc]
+
+    def _compute(
+        self,
+        adapter: ModelAdapter,
+        kind: str,
+        todo: Mapping[str, str],
+        lengths: Callable[[Sequence[str]], list[int]],
+        compute: Callable[[list[str]], Sequence[T]],
+        to_arrays: Callable[[T], Mapping[str, np.ndarray]],
+    ) -> None:
+        todo_keys = list(todo)
+        texts = [todo[k] for k in todo_keys]
+        sizes = lengths(texts)
+        limit = adapter.context_length
+        if limit is not None:
+            for text, size in zip(texts, sizes):
+                if size > limit:
+                    preview = text[:60].replace("\n", " ")
+                    raise ProbeTooLongError(
+                        f"{adapter.name}: input of {size} tokens (with the tokens to generate) is longer "
+                        f"than its context of {limit}: {preview!r}... ; shorten the prompt or lower "
+                        "--max-new-tokens (distill-audit refuses rather than silently truncating)"
+                    )
+        bar = tqdm(
+            total=len(texts),
+            desc=f"{kind} {adapter.name}",
+            unit="text",
+            disable=(not self.progress) if self.progress is not None else None,
+            leave=False,
+        )
+        try:
+            queue = [[todo_keys[i] for i in batch] for batch in pack_batches(sizes, self.token_budget)]
+            size_of = dict(zip(todo_keys, sizes))
+            while queue:
+                batch = queue.pop(0)
+                try:
+                    results = compute([todo[k] for k in batch])
+                except Exception as exc:
+                    if not is_out_of_memory(exc) or len(batch) == 1:
+                        raise
+                    self.stats.oom_retries += 1
+                    half = len(batch) // 2
+                    self.token_budget = max(1, min(self.token_budget, size_of[batch[0]] * half))
+                    log.warning("out of memory on %d rows; retrying in halves (budget now %d tokens)",
+                                len(batch), self.token_budget)
+                    _free_accelerator_memory()
+                    queue[:0] = [batch[:half], batch[half:]]
+                    continue
+                self.stats.batches += 1
+                self.stats.computed += len(batch)
+                self.cache.put_many((k, pack_arrays(to_arrays(r))) for k, r in zip(batch, results))
+                for k, r in zip(batch, results):
+                    self._memo[k] = r
+                bar.update(len(batch))
+        finally:
+            bar.close()
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

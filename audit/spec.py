@@ -1,0 +1,41 @@
+"""What an audit is asked to do: a frozen value built from CLI flags, recorded in every result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.backends.hf import LoadOptions
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    teacher: str
+    student: str
+    references: tuple[str, ...] = ()
+    probes: str = "default"
+    n_probes: int | None = None
+    seed: int = 0
+    alpha: float = 0.01
+    detectors: tuple[str, ...] = ()  # empty: every registered detector
+    load: LoadOptions = field(default_factory=LoadOptions)
+    token_budget: int = 8192
+    score_top_k: int = 10
+    cache_dir: Path | None = None  # None: no on-disk cache
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that decide the numbers (paths and cache location are recorded elsewhere)."""
+        return {
+            "seed": self.seed,
+            "alpha": self.alpha,
+            "n_probes": self.n_probes,
+            "detectors": list(self.detectors),
+            "dtype": self.load.dtype,
+            "device": self.load.device,
+            "device_map": self.load.device_map,
+            "allow_pickle": self.load.allow_pickle,
+            "trust_remote_code": self.load.trust_remote_code,
+            "token_budget": self.token_budget,
+            "score_top_k": self.score_top_k,
+        }

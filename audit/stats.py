@@ -1,0 +1,96 @@
+"""Statistics shared by detectors and the verdict. Tests come from scipy; this module only wires them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    statistic: float  # Wilcoxon W+ (sum of ranks of positive differences)
+    p_value: float
+    n: int  # pairs with a non-zero difference
+    mean_difference: float
+
+
+def paired_greater(x: np.ndarray, y: np.ndarray) -> PairedTest:
+    """One-sided Wilcoxon signed-rank test that x tends to exceed y, pairs in matching positions.
+
+    Zero differences are dropped (Wilcoxon's convention); with none left the data carry no evidence
+    and the p-value is 1. scipy picks the exact null distribution for small n without ties.
+    """
+    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    d = d[np.isfinite(d)]
+    mean = float(d.mean()) if d.size else 0.0
+    nonzero = d[d != 0]
+    if nonzero.size == 0:
+        return PairedTest(0.0, 1.0, 0, mean)
+    res = stats.wilcoxon(nonzero, alternative="greater", zero_method="wilcox")
+    return PairedTest(float(res.statistic), float(res.pvalue), int(nonzero.size), mean)
+
+
+@dataclass(frozen=True)
+class PanelTest:
+    statistic: float  # prediction-interval t
+    p_value: float
+    df: int
+
+
+def panel_prediction_test(candidate: float, panel: Sequence[float], floor_sd: float = 0.0) -> PanelTest:
+    """Is ``candidate`` above what one more draw from the panel's distribution would give?
+
+    Under "the candidate is exchangeable with the panel members, normally distributed", the statistic
+    (x0 - mean) / (s * sqrt(1 + 1/k)) follows Student's t with k - 1 degrees of freedom (a one-sided
+    prediction-interval test). ``floor_sd`` keeps a panel that happens to agree with itself exactly from
+    making s (and so the p-value) collapse to zero.
+    """
+    values = np.asarray(panel, dtype=float)
+    k = values.size
+    if k < 2:
+        raise ValueError("a panel test needs at least 2 panel members")
+    sd = max(float(values.std(ddof=1)), floor_sd, 1e-12)
+    t = (candidate - float(values.mean())) / (sd * math.sqrt(1.0 + 1.0 / k))
+    return PanelTest(float(t), float(stats.t.sf(t, df=k - 1)), k - 1)
+
+
+def intersection_union(p_values: Sequence[float]) -> float:
+    """p-value for "reject every one of these nulls": the largest p (Berger 1982), valid with no correction."""
+    return float(max(p_values)) if p_values else 1.0
+
+
+def bootstrap_mean_ci(values: np.ndarray, rng: np.random.Generator, level: float = 0.95,
+                      n_boot: int = 2000) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over independent units (prompts)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (math.nan, math.nan)
+    if v.size == 1:
+        return (float(v[0]), float(v[0]))
+    idx = rng.integers(0, v.size, size=(n_boot, v.size))
+    means = v[idx].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    return (float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail)))
+
+
+def bonferroni_global(p_values: Sequence[float]) -> float:
+    """Global p-value over several tests, valid under any dependence: min(1, m * min p)."""
+    if not p_values:
+        return 1.0
+    return float(min(1.0, len(p_values) * min(p_values)))
+
+
+def cauchy_combination(p_values: Sequence[float]) -> float:
+    """Cauchy combination (Liu & Xie 2020): valid under arbitrary dependence for small p, equal weights."""
+    if not p_values:
+        return 1.0
+    p = np.clip(np.asarray(p_values, dtype=float), 1e-300, 1.0)
+    if np.any(p >= 1.0 - 1e-15):
+        p = np.minimum(p, 1.0 - 1e-15)
+    t = float(np.mean(np.tan((0.5 - p) * math.pi)))
+    return float(stats.cauchy.sf(t))

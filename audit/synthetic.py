@@ -1,0 +1,192 @@
+"""A synthetic language and tiny causal LMs trained on it, built with no network in seconds on a CPU.
+
+The language: each sentence opens with a topic word; every next word is drawn uniformly from five
+successors fixed by (topic, previous word), and a sentence ends with probability 0.15 after each
+word. Because successors are equally likely, what a trained model prefers among them is decided by
+the sample it saw and its own training run: idiosyncrasies that an independently trained model does
+not share and a student distilled from it inherits. Used by the demo, the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
+_VOWELS = ["a", "e", "i", "o", "u"]
+_CODAS = ["", "n", "r", "l", "s"]
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """Topic-conditioned successor lists over a made-up vocabulary, fixed by ``seed``."""
+
+    seed: int = 0
+    n_words: int = 96
+    n_topics: int = 8
+    n_successors: int = 5
+    p_end: float = 0.15
+
+    def _tables(self) -> tuple[list[str], list[str], np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        pool = sorted({o + v + c + v2 for o in _ONSETS for v in _VOWELS for c in _CODAS for v2 in _VOWELS})
+        picked = rng.choice(len(pool), size=self.n_words + self.n_topics, replace=False)
+        words = [pool[i] for i in picked[: self.n_words]]
+        topics = [pool[i].capitalize() for i in picked[self.n_words :]]
+        successors = np.stack(
+            [
+                np.stack([rng.choice(self.n_words, self.n_successors, replace=False) for _ in range(self.n_words + 1)])
+                for _ in range(self.n_topics)
+            ]
+        )  # [topic, previous word (last row: the topic word itself), successor]
+        return words, topics, successors
+
+    def sentences(self, n: int, seed: int) -> list[str]:
+        words, topics, successors = self._tables()
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            topic = int(rng.integers(self.n_topics))
+            prev = self.n_words
+            sentence = [topics[topic]]
+            while True:
+                prev = int(successors[topic, prev, rng.integers(self.n_successors)])
+                sentence.append(words[prev])
+                if len(sentence) >= 4 and rng.random() < self.p_end or len(sentence) >= 24:
+                    break
+            out.append(" ".join(sentence) + ".")
+        return out
+
+    def text(self, n_sentences: int, seed: int) -> str:
+        return " ".join(self.sentences(n_sentences, seed))
+
+    def prompts(self, n: int, seed: int) -> list[str]:
+        """Sentence openings of 2 to 5 words, for probing models trained on this language."""
+        rng = np.random.default_rng(seed)
+        out = []
+        for sentence in self.sentences(n, seed):
+            tokens = sentence.rstrip(".").split(" ")
+            keep = int(rng.integers(2, min(5, len(tokens)) + 1))
+            out.append(" ".join(tokens[:keep]))
+        return out
+
+
+def build_tokenizer(grammar: Grammar, directory: Path) -> None:
+    """A byte-level BPE tokenizer trained on the language (any text still encodes, byte by byte)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(grammar.sentences(4000, seed=10_000), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.save_pretrained(directory)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    context: int = 256
+    arch: str = "llama"  # llama | gpt2
+
+
+def new_model(tokenizer: Any, cfg: TinyConfig, seed: int) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if cfg.arch == "gpt2":
+        return GPT2LMHeadModel(
+            GPT2Config(vocab_size=vocab, n_embd=cfg.hidden, n_layer=cfg.layers, n_head=cfg.heads,
+                       n_positions=cfg.context, **ids)
+        )
+    return LlamaForCausalLM(
+        LlamaConfig(vocab_size=vocab, hidden_size=cfg.hidden, intermediate_size=cfg.hidden * 4,
+                    num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                    max_position_embeddings=cfg.context, tie_word_embeddings=True, **ids)
+    )
+
+
+def _windows(token_ids: Sequence[int], width: int, batch: int, seed: int) -> Iterator[torch.Tensor]:
+    data = torch.tensor(token_ids, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        starts = torch.randint(0, len(data) - width - 1, (batch,), generator=gen)
+        yield torch.stack([data[s : s + width] for s in starts.tolist()])
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    steps: int = 300
+    batch: int = 32
+    width: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+
+
+def train(
+    model: Any,
+    token_ids: Sequence[int],
+    plan: TrainPlan,
+    teacher: Any = None,
+    kd_weight: float = 1.0,
+) -> Any:
+    """Next-token training; with a teacher, the loss mixes KL to the teacher's distribution (logit KD)
+    with weight ``kd_weight`` and cross-entropy on the text with weight ``1 - kd_weight``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / plan.steps))
+    )
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    batches = _windows(token_ids, plan.width, plan.batch, plan.seed)
+    for _ in range(plan.steps):
+        x = next(batches)
+        logits = model(input_ids=x).logits[:, :-1]
+        logp = torch.log_softmax(logits, -1)
+        loss = torch.tensor(0.0)
+        if teacher is None or kd_weight < 1.0:
+            ce = -logp.gather(-1, x[:, 1:, None]).mean()
+            loss = loss + (1.0 - (kd_weight if teacher is not None else 0.0)) * ce
+        if teacher is not None and kd_weight > 0.0:
+            with torch.no_grad():
+                t_logp = torch.log_softmax(teacher(input_ids=x).logits[:, :-1], -1)
+            kl = (t_logp.exp() * (t_logp - logp)).sum(-1).mean()
+            loss = loss + kd_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+    return model
+
+
+def encode_corpus(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,120 @@
+"""The detector contract: named, typed, declares what access it needs, returns Evidence.
+
+A detector is a pure function of inference results. It never loads a model, prints, or keeps state
+between runs; it asks the :class:`DetectorContext` for batched, cached inference.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
+from audit.engine import Engine
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one detector found. ``p_value`` is valid under ``null``; ``effect_size`` has a CI."""
+
+    detector: str
+    test: str  # the statistical test, named so a specialist can check it
+    null: str  # the null hypothesis in one sentence
+    statistic: float
+    statistic_name: str
+    p_value: float
+    effect_size: float
+    effect_size_name: str
+    ci_low: float
+    ci_high: float
+    ci_level: float
+    n: int  # independent units behind the p-value (prompts)
+    rules_out: bool  # the CI excludes an effect as large as the detector's margin: supports "not distilled"
+    examples: tuple[Mapping[str, Any], ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["examples"] = [dict(e) for e in self.examples]
+        out["details"] = dict(self.details)
+        return out
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    role: str  # teacher | student | reference
+    name: str
+    adapter: ModelAdapter
+
+
+@dataclass(frozen=True)
+class DetectorContext:
+    """Everything a detector may use: the models, the prompts, the seed, and batched cached inference."""
+
+    teacher: ModelHandle
+    student: ModelHandle
+    references: tuple[ModelHandle, ...]
+    prompts: tuple[str, ...]
+    seed: int
+    engine: Engine
+
+    def score(self, model: ModelHandle, texts: Sequence[str]) -> list[ScoredText]:
+        return self.engine.score(model.adapter, texts)
+
+    def generate(self, model: ModelHandle, prompts: Sequence[str], params: GenerateParams) -> list[Generation]:
+        return self.engine.generate(model.adapter, prompts, params)
+
+    def rng(self, detector: str) -> np.random.Generator:
+        """A generator seeded by (run seed, detector name): detectors do not disturb each other's draws."""
+        return np.random.default_rng([self.seed, *detector.encode()])
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+class Detector(abc.ABC):
+    """Subclasses set the class attributes and implement :meth:`run`.
+
+    ``requires`` maps a role (teacher, student, reference) to the capabilities that role's backend must
+    have. ``Params`` is a frozen dataclass of hyper-parameters with defaults; the constructor only
+    stores them (scikit-learn style).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for `distill-audit detectors`
+    requires: ClassVar[Mapping[str, frozenset[Capability]]]
+    min_references: ClassVar[int] = 0
+    same_tokenizer: ClassVar[bool] = False  # compares token ids, so every model must share one vocabulary
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any = None):
+        self.params = params if params is not None else self.Params()
+
+    def unmet_needs(self, ctx_models: Mapping[str, Sequence[ModelAdapter]]) -> str | None:
+        """Why this detector cannot run on these models, or None when it can."""
+        for role, needed in self.requires.items():
+            for adapter in ctx_models.get(role, ()):
+                missing = needed - adapter.capabilities
+                if missing:
+                    names = ", ".join(sorted(c.value for c in missing))
+                    return f"the {role} backend ({adapter.name}) cannot give: {names}"
+        if self.same_tokenizer:
+            adapters = [a for role in ctx_models.values() for a in role]
+            hashes = {a.fingerprint.get("tokenizer") for a in adapters}
+            if len(hashes) > 1:
+                return "it compares token ids, and the models do not all share one tokenizer"
+        return None
+
+    @abc.abstractmethod
+    def run(self, ctx: DetectorContext) -> Evidence: ...
+
+
+def finite_or_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)

@@ -1,0 +1,5 @@
+"""Rendering only: results in, text out. Every output is rebuilt from the result document alone."""
+
+from reports.render import render_summary, template_environment
+
+__all__ = ["render_summary", "template_environment"]
