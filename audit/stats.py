@@ -94,3 +94,68 @@ def cauchy_combination(p_values: Sequence[float]) -> float:
         p = np.minimum(p, 1.0 - 1e-15)
     t = float(np.mean(np.tan((0.5 - p) * math.pi)))
     return float(stats.cauchy.sf(t))
+
+
+@dataclass(frozen=True)
+class PanelComparison:
+    """A student's per-prompt similarity to the teacher, set against each reference's on the same prompts."""
+
+    p_value: float  # intersection-union of the prompt test and the panel test
+    p_prompts: float  # largest one-sided Wilcoxon p over references
+    per_reference: dict[str, PairedTest]
+    panel: PanelTest
+    closest: str  # the most teacher-like reference
+    effect: float  # mean per-prompt excess of the student over the closest reference
+    ci_low: float
+    ci_high: float
+    n: int  # prompts usable for every model
+    student_mean: float
+    reference_means: dict[str, float]
+
+
+def compare_to_panel(student: np.ndarray, references: dict[str, np.ndarray], rng: np.random.Generator,
+                     ci_level: float = 0.95) -> PanelComparison:
+    """Two tests of "the student is no more teacher-like than an independent model", both must reject.
+
+    (a) Prompts are the sample: a one-sided paired Wilcoxon test against each reference; the student
+        must beat every one (intersection-union: the largest p).
+    (b) Models are the sample: independent models differ in how teacher-like they are, so with enough
+        prompts (a) alone would flag the most teacher-like of several independent models. The student's
+        mean is tested against the spread of the reference means (t prediction test, k - 1 df), with the
+        prompt-level standard error as a floor on that spread.
+    """
+    if len(references) < 2:
+        raise ValueError("comparing to a panel needs at least 2 references")
+    s = np.asarray(student, dtype=float)
+    usable = np.isfinite(s)
+    for values in references.values():
+        usable &= np.isfinite(np.asarray(values, dtype=float))
+    s = s[usable]
+    refs = {name: np.asarray(v, dtype=float)[usable] for name, v in references.items()}
+    n = int(usable.sum())
+    if n == 0:
+        nan = math.nan
+        empty = PairedTest(0.0, 1.0, 0, 0.0)
+        return PanelComparison(1.0, 1.0, {k: empty for k in refs}, PanelTest(nan, 1.0, len(refs) - 1),
+                               sorted(refs)[0], nan, nan, nan, 0, nan, {k: nan for k in refs})
+    per_ref = {name: paired_greater(s, v) for name, v in refs.items()}
+    means = {name: float(v.mean()) for name, v in refs.items()}
+    closest = max(means, key=lambda k: (means[k], k))
+    excess = s - refs[closest]
+    ci_low, ci_high = bootstrap_mean_ci(excess, rng, level=ci_level)
+    prompt_se = float(excess.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    panel = panel_prediction_test(float(s.mean()), list(means.values()), floor_sd=prompt_se)
+    p_prompts = intersection_union([t.p_value for t in per_ref.values()])
+    return PanelComparison(
+        p_value=intersection_union([p_prompts, panel.p_value]),
+        p_prompts=p_prompts,
+        per_reference=per_ref,
+        panel=panel,
+        closest=closest,
+        effect=float(excess.mean()),
+        ci_low=ci_low,
+        ci_high=ci_high,
+        n=n,
+        student_mean=float(s.mean()),
+        reference_means=means,
+    )

@@ -79,19 +79,9 @@ class NextTokenAgreement(Detector):
             )
 
         student = agreement(ctx.student)
-        usable = np.isfinite(student)
         refs = {r.name: agreement(r) for r in ctx.references}
-        per_ref = {name: stats.paired_greater(student[usable], a[usable]) for name, a in refs.items()}
-        ref_means = {name: float(np.nanmean(a[usable])) if usable.any() else float("nan") for name, a in refs.items()}
-        closest = max(ref_means, key=lambda n: (ref_means[n], n))  # the most teacher-like reference
-        p_prompts = stats.intersection_union([t.p_value for t in per_ref.values()])
-        excess = student[usable] - refs[closest][usable]
-        ci_low, ci_high = stats.bootstrap_mean_ci(excess, ctx.rng(self.name))
-        effect = float(np.mean(excess)) if excess.size else float("nan")
-        student_mean = float(np.mean(student[usable])) if usable.any() else float("nan")
-        prompt_se = float(np.std(excess, ddof=1) / np.sqrt(excess.size)) if excess.size > 1 else 0.0
-        panel = stats.panel_prediction_test(student_mean, list(ref_means.values()), floor_sd=prompt_se)
-        p_value = stats.intersection_union([p_prompts, panel.p_value])
+        cmp = stats.compare_to_panel(student, refs, ctx.rng(self.name))
+        usable = np.isfinite(student) & np.all([np.isfinite(a) for a in refs.values()], axis=0)
         return Evidence(
             detector=self.name,
             test=(
@@ -99,25 +89,25 @@ class NextTokenAgreement(Detector):
                 "reference and (b) one-sided t prediction test of the student against the reference panel"
             ),
             null=self.null,
-            statistic=panel.statistic,
-            statistic_name=f"panel prediction t ({panel.df} df)",
-            p_value=p_value,
-            effect_size=effect,
-            effect_size_name=f"mean agreement excess over the most teacher-like reference ({closest})",
-            ci_low=ci_low,
-            ci_high=ci_high,
+            statistic=cmp.panel.statistic,
+            statistic_name=f"panel prediction t ({cmp.panel.df} df)",
+            p_value=cmp.p_value,
+            effect_size=cmp.effect,
+            effect_size_name=f"mean agreement excess over the most teacher-like reference ({cmp.closest})",
+            ci_low=cmp.ci_low,
+            ci_high=cmp.ci_high,
             ci_level=0.95,
-            n=int(usable.sum()),
-            rules_out=bool(np.isfinite(ci_high) and ci_high < p.margin),
-            examples=self._examples(ctx, student, refs[closest], closest, continuations, usable),
+            n=cmp.n,
+            rules_out=bool(np.isfinite(cmp.ci_high) and cmp.ci_high < p.margin),
+            examples=self._examples(ctx, student, refs[cmp.closest], cmp.closest, continuations, usable),
             details={
-                "student_agreement": float(np.nanmean(student)) if usable.any() else None,
-                "reference_agreement": ref_means,
-                "per_reference_p_value": {name: t.p_value for name, t in per_ref.items()},
-                "per_reference_wilcoxon_w": {name: t.statistic for name, t in per_ref.items()},
-                "prompt_test_p_value": p_prompts,
-                "panel_test_p_value": panel.p_value,
-                "panel_test_t": panel.statistic,
+                "student_agreement": cmp.student_mean,
+                "reference_agreement": cmp.reference_means,
+                "per_reference_p_value": {name: t.p_value for name, t in cmp.per_reference.items()},
+                "per_reference_wilcoxon_w": {name: t.statistic for name, t in cmp.per_reference.items()},
+                "prompt_test_p_value": cmp.p_prompts,
+                "panel_test_p_value": cmp.panel.p_value,
+                "panel_test_t": cmp.panel.statistic,
                 "margin": p.margin,
                 "scored_tokens": int(sum(pos.size for pos in positions)),
                 "teacher_decoding": gen.to_dict(),

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny real checkpoints saved to disk, and the demo models built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from audit import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tokenizer")
+    synthetic.build_tokenizer(synthetic.Grammar(), path)
+    return path
+
+
+def _save_untrained(tokenizer_dir: Path, out: Path, arch: str, seed: int) -> Path:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = synthetic.new_model(tok, synthetic.TinyConfig(arch=arch, context=64), seed=seed)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A randomly initialised tiny Llama (RoPE), saved with save_pretrained as safetensors."""
+    return _save_untrained(tokenizer_dir, tmp_path_factory.mktemp("llama"), "llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A randomly initialised tiny GPT-2 (learned absolute positions): left padding must fix position ids."""
+    return _save_untrained(tokenizer_dir, tmp_path_factory.mktemp("gpt2"), "gpt2", seed=1)
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the installed command line for real, as a user would."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-m", "audit", *args],
+        capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout, env=env,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """`distill-audit demo`, run once for the session: its output, its results and its models."""
+    root = tmp_path_factory.mktemp("demo")
+    cache, out = root / "cache", root / "out"
+    proc = cli("demo", "--out", str(out), "--cache-dir", str(cache))
+    assert proc.returncode == 0, proc.stderr
+    models = cache / "demo-models-v1"
+    return {
+        "proc": proc,
+        "out": out,
+        "cache": cache,
+        "models": models,
+        "distilled": json.loads((out / "distilled" / "result.json").read_text()),
+        "control": json.loads((out / "control" / "result.json").read_text()),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _two_threads() -> None:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))

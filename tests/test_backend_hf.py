@@ -1,0 +1,177 @@
+"""The Hugging Face backend on real tiny checkpoints: batching must not change a single number."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audit.backends.base import Capability, GenerateParams
+from audit.backends.hf import HFAdapter, LoadOptions
+from audit.errors import ModelLoadError
+
+TEXTS = [
+    "Runo lee dau neni.",
+    "Kise",
+    "Kise peru dani kilo zesa gona lonu sisa reno bilo mini. Runo mini pie zosa tiu velo",
+    "text outside the language: 42 + é ✓",
+]
+
+
+@pytest.fixture(params=["llama", "gpt2"], scope="module")
+def adapter(request: pytest.FixtureRequest, llama_dir: Path, gpt2_dir: Path) -> HFAdapter:
+    return HFAdapter.load(str(llama_dir if request.param == "llama" else gpt2_dir))
+
+
+def test_declares_every_capability(adapter: HFAdapter) -> None:
+    assert adapter.capabilities == frozenset(Capability)
+    assert adapter.context_length == 64
+
+
+def test_batched_scoring_matches_one_at_a_time(adapter: HFAdapter) -> None:
+    batched = adapter.score(TEXTS, top_k=5)
+    for text, b in zip(TEXTS, batched):
+        (single,) = adapter.score([text], top_k=5)
+        np.testing.assert_array_equal(b.token_ids, single.token_ids)
+        np.testing.assert_allclose(b.target_logprob, single.target_logprob, atol=1e-4, equal_nan=True)
+        np.testing.assert_allclose(b.topk_logprobs, single.topk_logprobs, atol=1e-4, equal_nan=True)
+        np.testing.assert_allclose(b.entropy, single.entropy, atol=1e-4, equal_nan=True)
+        np.testing.assert_array_equal(b.topk_ids[1:, 0], single.topk_ids[1:, 0])
+
+
+def test_scoring_matches_a_plain_forward_pass(adapter: HFAdapter) -> None:
+    (scored,) = adapter.score([TEXTS[2]], top_k=3)
+    ids = torch.from_numpy(scored.token_ids)[None]
+    with torch.no_grad():
+        logp = torch.log_softmax(adapter.model(input_ids=ids).logits[0].float(), -1)
+    expected_target = logp[:-1].gather(1, ids[0, 1:, None])[:, 0].numpy()
+    np.testing.assert_allclose(scored.target_logprob[1:], expected_target, atol=1e-5)
+    assert np.isnan(scored.target_logprob[0])
+    expected_entropy = -(logp.exp() * logp).sum(-1)[:-1].numpy()
+    np.testing.assert_allclose(scored.entropy[1:], expected_entropy, atol=1e-4)
+    np.testing.assert_array_equal(scored.topk_ids[1:], logp[:-1].topk(3).indices.numpy())
+
+
+def test_offsets_locate_tokens_in_the_text(adapter: HFAdapter) -> None:
+    (scored,) = adapter.score([TEXTS[0]], top_k=1)
+    pieces = [TEXTS[0][s:e] for s, e in scored.offsets[1:]]  # skip <s>
+    assert "".join(pieces) == TEXTS[0]
+
+
+@pytest.mark.parametrize("params", [
+    GenerateParams(max_new_tokens=12),
+    GenerateParams(max_new_tokens=12, do_sample=True, seed=7, temperature=0.9),
+])
+def test_batched_generation_matches_one_at_a_time(adapter: HFAdapter, params: GenerateParams) -> None:
+    batched = adapter.generate(TEXTS, params)
+    for text, b in zip(TEXTS, batched):
+        (single,) = adapter.generate([text], params)
+        np.testing.assert_array_equal(b.token_ids, single.token_ids)
+        np.testing.assert_allclose(b.token_logprobs, single.token_logprobs, atol=1e-4)
+        np.testing.assert_allclose(b.topk_logprobs, single.topk_logprobs, atol=1e-4)
+        assert b.text == single.text
+
+
+def test_greedy_generation_follows_the_argmax_of_scoring(adapter: HFAdapter) -> None:
+    (gen,) = adapter.generate([TEXTS[0]], GenerateParams(max_new_tokens=6, top_k=3))
+    prompt_ids = adapter._encode([TEXTS[0]])[0]
+    full = list(prompt_ids) + gen.token_ids.tolist()
+    with torch.no_grad():
+        logits = adapter.model(input_ids=torch.tensor([full])).logits[0]
+    expected = logits[len(prompt_ids) - 1 : -1].argmax(-1).numpy()
+    np.testing.assert_array_equal(gen.token_ids, expected)
+    np.testing.assert_array_equal(gen.topk_ids[:, 0], gen.token_ids)
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(adapter: HFAdapter) -> None:
+    p0 = GenerateParams(max_new_tokens=16, do_sample=True, seed=0)
+    p1 = GenerateParams(max_new_tokens=16, do_sample=True, seed=1)
+    a, b, c = (adapter.generate(TEXTS, p) for p in (p0, p0, p1))
+    assert [g.text for g in a] == [g.text for g in b]
+    assert [g.text for g in a] != [g.text for g in c]
+
+
+def test_hidden_states_batched_match_single(adapter: HFAdapter) -> None:
+    batched = adapter.hidden_states(TEXTS, layers=[0, -1])
+    for text, b in zip(TEXTS, batched):
+        (single,) = adapter.hidden_states([text], layers=[0, -1])
+        assert b.shape == single.shape and b.shape[0] == 2 and b.shape[2] == 64
+        np.testing.assert_allclose(b, single, atol=1e-4)
+
+
+# -- loading rules ---------------------------------------------------------------------------------
+
+def test_pickle_checkpoints_refused_unless_allowed(tmp_path: Path, llama_dir: Path) -> None:
+    safe = HFAdapter.load(str(llama_dir))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save(safe.model.state_dict(), pickled / "pytorch_model.bin")  # the legacy pickle format
+    shutil.copy(llama_dir / "config.json", pickled / "config.json")
+    safe.tokenizer.save_pretrained(pickled)
+    with pytest.raises(ModelLoadError, match="pickle.*--allow-pickle"):
+        HFAdapter.load(str(pickled))
+    loaded = HFAdapter.load(str(pickled), LoadOptions(allow_pickle=True))
+    assert loaded.fingerprint["format"] == "pickle"
+    (a,), (b,) = loaded.score([TEXTS[0]], 3), safe.score([TEXTS[0]], 3)
+    np.testing.assert_allclose(a.target_logprob, b.target_logprob, atol=1e-6, equal_nan=True)
+
+
+def test_missing_path_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no such file or directory"):
+        HFAdapter.load(str(tmp_path / "nope"))
+
+
+def test_hub_id_not_in_local_cache_is_refused_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        HFAdapter.load("some-org/some-model")
+
+
+def test_directory_without_tokenizer(tmp_path: Path, llama_dir: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(llama_dir / f, bare / f)
+    with pytest.raises(ModelLoadError, match="no tokenizer"):
+        HFAdapter.load(str(bare))
+
+
+def test_not_a_causal_lm(tmp_path: Path, tokenizer_dir: Path) -> None:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    path = tmp_path / "distilbert"  # an encoder: no causal LM head exists for it
+    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(path)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, path / f.name)
+    with pytest.raises(ModelLoadError, match="not a causal"):
+        HFAdapter.load(str(path))
+
+
+def test_gguf_without_the_gguf_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail as if not installed
+    with pytest.raises(ModelLoadError, match=r"pip install 'distill-audit\[gguf\]'"):
+        HFAdapter.load(str(fake))
+
+
+def test_other_file_types_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "weights.txt"
+    f.write_text("x")
+    with pytest.raises(ModelLoadError, match="not a model directory or a .gguf file"):
+        HFAdapter.load(str(f))
+
+
+def test_device_and_dtype_defaults_on_cpu(llama_dir: Path) -> None:
+    adapter = HFAdapter.load(str(llama_dir))
+    if not torch.cuda.is_available():
+        assert adapter.runtime["device"] in ("cpu", "mps")
+        assert adapter.runtime["dtype"] == "float32"
+    bf16 = HFAdapter.load(str(llama_dir), LoadOptions(device="cpu", dtype="bfloat16"))
+    assert bf16.runtime["dtype"] == "bfloat16"
+    (scored,) = bf16.score([TEXTS[0]], 2)
+    assert np.isfinite(scored.target_logprob[1:]).all()

@@ -1,0 +1,125 @@
+"""The engine: batching under a token budget, order restored, cache, out-of-memory back-off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from audit.backends.base import GenerateParams, ScoredText
+from audit.backends.hf import HFAdapter
+from audit.cache import InferenceCache
+from audit.engine import Engine, pack_batches
+from audit.errors import ProbeTooLongError
+
+TEXTS = [("Runo lee dau neni. " * (i % 5 + 1)).strip() for i in range(23)] + ["Kise", "Kise"]
+
+
+def test_pack_batches_respects_the_budget_and_covers_every_item() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=300).tolist()
+    batches = pack_batches(lengths, token_budget=1000)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) == 1 or len(batch) * width <= 1000
+    assert pack_batches([5000, 3], token_budget=100) == [[0], [1]]  # an item over budget still runs alone
+
+
+def test_results_come_back_in_the_callers_order(llama_dir: Path) -> None:
+    adapter = HFAdapter.load(str(llama_dir))
+    engine = Engine(InferenceCache(None), token_budget=64)
+    results = engine.score(adapter, TEXTS)
+    for text, r in zip(TEXTS, results):
+        (single,) = adapter.score([text], engine.score_top_k)
+        np.testing.assert_array_equal(r.token_ids, single.token_ids)
+        np.testing.assert_allclose(r.target_logprob, single.target_logprob, atol=1e-4, equal_nan=True)
+    assert engine.stats.batches > 1
+    assert engine.stats.computed == len(set(TEXTS))  # the duplicate is computed once
+
+
+def test_second_run_is_served_from_disk_with_no_forward_pass(tmp_path: Path, llama_dir: Path) -> None:
+    adapter = HFAdapter.load(str(llama_dir))
+    first = Engine(InferenceCache(tmp_path / "c.sqlite"))
+    a = first.score(adapter, TEXTS)
+    g = first.generate(adapter, TEXTS[:3], GenerateParams(max_new_tokens=5))
+    first.cache.close()
+    passes = adapter.forward_passes
+    second = Engine(InferenceCache(tmp_path / "c.sqlite"))
+    b = second.score(adapter, TEXTS)
+    h = second.generate(adapter, TEXTS[:3], GenerateParams(max_new_tokens=5))
+    assert adapter.forward_passes == passes
+    assert second.stats.computed == 0 and second.stats.cache_hits == len(TEXTS) + 3
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.topk_ids, y.topk_ids)
+        np.testing.assert_array_equal(x.target_logprob, y.target_logprob)
+    assert [x.text for x in g] == [y.text for y in h]
+
+
+def test_cache_keys_depend_on_parameters(tmp_path: Path, llama_dir: Path) -> None:
+    adapter = HFAdapter.load(str(llama_dir))
+    engine = Engine(InferenceCache(tmp_path / "c.sqlite"))
+    engine.generate(adapter, TEXTS[:2], GenerateParams(max_new_tokens=4))
+    engine.generate(adapter, TEXTS[:2], GenerateParams(max_new_tokens=4, do_sample=True, seed=1))
+    assert engine.stats.computed == 4 and len(engine.cache) == 4
+
+
+def test_no_cache_keeps_nothing_on_disk(tmp_path: Path, llama_dir: Path) -> None:
+    adapter = HFAdapter.load(str(llama_dir))
+    engine = Engine(InferenceCache(None))
+    engine.score(adapter, TEXTS[:3])
+    assert list(tmp_path.iterdir()) == []
+
+
+class FakeOOMAdapter:
+    """A fake (no GPU here to run out of memory on): wraps a real adapter and raises CUDA's
+    out-of-memory error whenever a batch exceeds ``limit`` padded tokens."""
+
+    def __init__(self, inner: HFAdapter, limit: int):
+        self.inner, self.limit, self.failures = inner, limit, 0
+        self.name, self.capabilities, self.fingerprint = inner.name, inner.capabilities, inner.fingerprint
+        self.context_length = inner.context_length
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.count_tokens(texts)
+
+    def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+        if len(texts) * max(self.count_tokens(texts)) > self.limit:
+            self.failures += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
+        return self.inner.score(texts, top_k)
+
+
+def test_out_of_memory_halves_the_batch_and_still_answers_everything(llama_dir: Path) -> None:
+    real = HFAdapter.load(str(llama_dir))
+    fake = FakeOOMAdapter(real, limit=60)
+    engine = Engine(InferenceCache(None), token_budget=4096)
+    results = engine.score(fake, TEXTS)  # type: ignore[arg-type]
+    assert fake.failures > 0 and engine.stats.oom_retries == fake.failures
+    assert engine.token_budget < 4096
+    expected = Engine(InferenceCache(None)).score(real, TEXTS)
+    for x, y in zip(results, expected):
+        np.testing.assert_allclose(x.target_logprob, y.target_logprob, atol=1e-4, equal_nan=True)
+
+
+def test_other_errors_are_not_mistaken_for_out_of_memory(llama_dir: Path) -> None:
+    real = HFAdapter.load(str(llama_dir))
+
+    class Broken(FakeOOMAdapter):
+        def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+            raise ValueError("a bug, not memory")
+
+    with pytest.raises(ValueError, match="a bug"):
+        Engine(InferenceCache(None)).score(Broken(real, 0), TEXTS)  # type: ignore[arg-type]
+
+
+def test_inputs_longer_than_the_context_are_refused(llama_dir: Path) -> None:
+    adapter = HFAdapter.load(str(llama_dir))  # context 64
+    engine = Engine(InferenceCache(None))
+    with pytest.raises(ProbeTooLongError, match="longer than its context of 64"):
+        engine.generate(adapter, ["Kise " * 50], GenerateParams(max_new_tokens=8))
+    with pytest.raises(ProbeTooLongError):
+        engine.generate(adapter, ["Kise " * 30], GenerateParams(max_new_tokens=40))  # prompt fits, output does not

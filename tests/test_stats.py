@@ -1,0 +1,116 @@
+"""Validity (false-positive rate at alpha on simulated null pairs) and power of the statistics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from audit import stats
+
+N_SIM = 2000
+
+
+def _fpr_bound(alpha: float, n_sim: int = N_SIM) -> float:
+    """alpha plus three binomial standard errors: a valid test stays below this with near certainty."""
+    return alpha + 3 * math.sqrt(alpha * (1 - alpha) / n_sim)
+
+
+def _simulate_panel(rng: np.random.Generator, n_prompts: int, k_refs: int, student_shift: float,
+                    model_sd: float = 0.03) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-prompt agreement rates of a student and k references with the teacher.
+
+    Prompts differ in difficulty (shared by all models), each model has its own level of teacher-
+    likeness (the model-level chance that makes a prompt-only test anti-conservative), and each
+    prompt adds binomial noise from a couple dozen scored tokens.
+    """
+    difficulty = rng.beta(2, 5, size=n_prompts)
+    tokens = rng.integers(8, 30, size=n_prompts)
+
+    def model(shift: float) -> np.ndarray:
+        p = np.clip(difficulty + rng.normal(0, model_sd) + shift, 0.01, 0.99)
+        return rng.binomial(tokens, p) / tokens
+
+    return model(student_shift), {f"r{j}": model(0.0) for j in range(k_refs)}
+
+
+@pytest.mark.parametrize("k_refs", [2, 4])
+def test_panel_comparison_false_positive_rate_under_the_null(k_refs: int) -> None:
+    rng = np.random.default_rng(0)
+    alpha = 0.05
+    rejections, n_sim = 0, 1000
+    for _ in range(n_sim):
+        student, refs = _simulate_panel(rng, n_prompts=80, k_refs=k_refs, student_shift=0.0)
+        rejections += stats.compare_to_panel(student, refs, rng).p_value < alpha
+    assert rejections / n_sim <= _fpr_bound(alpha, n_sim)
+
+
+def test_prompt_test_alone_would_not_be_valid_under_model_level_chance() -> None:
+    """Why the panel test exists: the Wilcoxon test across prompts flags independent models too often."""
+    rng = np.random.default_rng(1)
+    rejections = 0
+    for _ in range(500):
+        student, refs = _simulate_panel(rng, n_prompts=200, k_refs=2, student_shift=0.0, model_sd=0.05)
+        rejections += stats.compare_to_panel(student, refs, rng).p_prompts < 0.05
+    assert rejections / 500 > 0.15  # far above 0.05: model-level chance is real
+
+
+def test_panel_comparison_catches_a_distilled_student() -> None:
+    rng = np.random.default_rng(2)
+    caught = sum(
+        stats.compare_to_panel(*_simulate_panel(rng, 80, 4, student_shift=0.3), rng).p_value < 0.01
+        for _ in range(200)
+    )
+    assert caught / 200 >= 0.9
+
+
+def test_paired_test_is_exactly_valid_for_exchangeable_pairs() -> None:
+    rng = np.random.default_rng(3)
+    alpha = 0.05
+    p = [stats.paired_greater(rng.exponential(size=40), rng.exponential(size=40)).p_value for _ in range(N_SIM)]
+    assert np.mean(np.array(p) < alpha) <= _fpr_bound(alpha)
+    shifted = [stats.paired_greater(rng.normal(0.8, 1, 40), rng.normal(0, 1, 40)).p_value for _ in range(200)]
+    assert np.mean(np.array(shifted) < alpha) >= 0.9
+
+
+def test_paired_test_with_no_differences_is_no_evidence() -> None:
+    x = np.array([0.5, 0.2, 0.9])
+    assert stats.paired_greater(x, x).p_value == 1.0
+
+
+def test_panel_prediction_test_is_valid_for_normal_exchangeable_models() -> None:
+    rng = np.random.default_rng(4)
+    alpha = 0.05
+    for k in (2, 3, 6):
+        p = [stats.panel_prediction_test(rng.normal(), rng.normal(size=k).tolist()).p_value for _ in range(N_SIM)]
+        assert np.mean(np.array(p) < alpha) <= _fpr_bound(alpha)
+    with pytest.raises(ValueError):
+        stats.panel_prediction_test(1.0, [0.5])
+
+
+def test_a_panel_that_agrees_with_itself_does_not_collapse_the_p_value() -> None:
+    assert stats.panel_prediction_test(0.31, [0.3, 0.3, 0.3], floor_sd=0.02).p_value > 0.3
+
+
+def test_combinations_valid_under_dependence() -> None:
+    rng = np.random.default_rng(5)
+    alpha = 0.05
+    for combine in (stats.bonferroni_global, stats.cauchy_combination):
+        hits = 0
+        for _ in range(N_SIM):
+            u = rng.uniform()
+            p = [u, min(1.0, u * rng.uniform(0.9, 1.1)), rng.uniform()]  # two strongly dependent tests
+            hits += combine(p) < alpha
+        assert hits / N_SIM <= _fpr_bound(alpha)
+    assert stats.bonferroni_global([0.001, 0.5]) == pytest.approx(0.002)
+    assert stats.bonferroni_global([]) == 1.0
+
+
+def test_bootstrap_ci_covers_the_mean() -> None:
+    rng = np.random.default_rng(6)
+    covered = 0
+    for _ in range(300):
+        lo, hi = stats.bootstrap_mean_ci(rng.normal(1.0, 1.0, 60), rng, n_boot=500)
+        covered += lo <= 1.0 <= hi
+    assert covered / 300 >= 0.9
