@@ -14,7 +14,7 @@ from audit.aggregate import verdict
 from audit.backends.base import ModelAdapter
 from audit.backends.hf import HFAdapter, LoadOptions
 from audit.cache import InferenceCache
-from audit.engine import Engine
+from audit.engine import Engine, default_token_budget
 from audit.errors import CapabilityError, UsageError
 from audit.probes import load_probe_set
 from audit.result import SCHEMA_VERSION
@@ -92,7 +92,9 @@ def run_audit(
         warnings.append("The teacher and the student are the same model (identical fingerprints).")
 
     cache = InferenceCache(spec.cache_dir / CACHE_FILE if spec.cache_dir else None)
-    engine = Engine(cache, token_budget=spec.token_budget, score_top_k=spec.score_top_k, progress=progress)
+    devices = [str(getattr(h.adapter, "runtime", {}).get("device", "cpu")) for h in (teacher, student, *references)]
+    token_budget = spec.token_budget or default_token_budget(devices)
+    engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress)
     ctx = DetectorContext(teacher, student, references, probe_set.prompts, spec.seed, engine)
     by_role = {
         "teacher": [teacher.adapter],
@@ -136,7 +138,7 @@ def run_audit(
         "evidence": [e.to_dict() for e in evidence],
         "skipped": skipped,
         "verdict": result_verdict.to_dict(),
-        "settings": spec.settings(),
+        "settings": dict(spec.settings(), token_budget=token_budget),
         "environment": environment(),
         "timings": {
             "load_seconds": round(load_seconds, 3),

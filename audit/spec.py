@@ -20,7 +20,7 @@ class AuditSpec:
     alpha: float = 0.01
     detectors: tuple[str, ...] = ()  # empty: every registered detector
     load: LoadOptions = field(default_factory=LoadOptions)
-    token_budget: int = 8192
+    token_budget: int | None = None  # None: chosen for the device (see engine.default_token_budget)
     score_top_k: int = 10
     cache_dir: Path | None = None  # None: no on-disk cache
 

@@ -89,6 +89,7 @@ class Detector(abc.ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `distill-audit detectors`
+    null: ClassVar[str]  # the null hypothesis its p-value is valid under, in one sentence
     requires: ClassVar[Mapping[str, frozenset[Capability]]]
     min_references: ClassVar[int] = 0
     same_tokenizer: ClassVar[bool] = False  # compares token ids, so every model must share one vocabulary

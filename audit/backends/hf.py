@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Rows of the output head evaluated at once; keeps the [rows, vocab] logits block small enough to stay in cache.
-_HEAD_CHUNK = 512
+_HEAD_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -310,12 +310,15 @@ class HFAdapter:
             for start in range(0, rows.shape[0], _HEAD_CHUNK):
                 block = rows[start : start + _HEAD_CHUNK]
                 logits = (head(block) if head is not None else block).float()
-                lse = torch.logsumexp(logits, dim=-1)
+                # Few passes over the [rows, vocab] block, one temporary: max, exp in place, sums.
+                peak = logits.amax(dim=-1, keepdim=True)
+                weights = logits.sub(peak).exp_()
+                total = weights.sum(dim=-1)
+                lse = peak[:, 0] + total.log()
+                entropy = lse - torch.linalg.vecdot(weights, logits) / total
                 tgt = targets[start : start + _HEAD_CHUNK].to(logits.device)
                 target_lp = logits.gather(1, tgt[:, None])[:, 0] - lse
                 top_vals, top_ids = logits.topk(k, dim=-1)
-                probs = torch.exp(logits - lse[:, None])
-                entropy = lse - (probs * logits).sum(-1)
                 parts.append((target_lp, top_ids, top_vals - lse[:, None], entropy))
         if parts:
             all_lp, all_ids, all_top_lp, all_entropy = (

@@ -1,0 +1,228 @@
+"""The command line end to end: the demo, a real audit, reproducibility, resume after SIGKILL, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from audit.cli import main
+from audit.result import SCHEMA_VERSION, stable_view
+from tests.conftest import REPO, cli
+
+
+def test_demo_catches_the_distilled_student_and_clears_the_control(demo_run: dict[str, Any]) -> None:
+    assert demo_run["distilled"]["verdict"]["label"] == "distilled"
+    assert demo_run["control"]["verdict"]["label"] != "distilled"
+    out = demo_run["proc"].stdout
+    assert "distilled student: DISTILLED" in out and "control student:" in out
+    assert str(demo_run["out"] / "distilled" / "result.json") in out
+    models = demo_run["models"]
+    for name in ("teacher", "student", "control", "reference-1", "reference-2"):
+        assert (models / name / "model.safetensors").exists() and (models / name / "tokenizer.json").exists()
+
+
+def test_demo_reuses_its_models(demo_run: dict[str, Any], tmp_path: Path) -> None:
+    proc = cli("demo", "--out", str(tmp_path), "--cache-dir", str(demo_run["cache"]))
+    assert proc.returncode == 0, proc.stderr
+    assert "reusing demo models" in proc.stderr
+    again = json.loads((tmp_path / "distilled" / "result.json").read_text())
+    assert again["evidence"] == demo_run["distilled"]["evidence"]
+    assert again["inference"]["computed"] == 0  # every answer came from the cache
+
+
+def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> None:
+    r = demo_run["distilled"]
+    assert r["schema_version"] == SCHEMA_VERSION and r["tool_version"]
+    assert [m["role"] for m in r["models"]] == ["teacher", "student"] + ["reference"] * 4
+    for m in r["models"]:
+        assert len(m["fingerprint"]["model"]) == 64 and m["fingerprint"]["format"] == "safetensors"
+        assert m["source"] and m["runtime"]["device"]
+    (ps,) = r["probe_sets"]
+    assert ps["n"] == 100 and len(ps["hash"]) == 64
+    (ev,) = r["evidence"]
+    for key in ("detector", "statistic", "p_value", "effect_size", "n", "null", "examples"):
+        assert key in ev
+    assert r["verdict"]["label"] in ("distilled", "inconclusive", "not-distilled")
+    assert r["verdict"]["p_value"] < 0.01 and r["verdict"]["summary"]
+    for key in ("seed", "dtype", "device", "token_budget"):
+        assert key in r["settings"]
+    assert r["timings"]["total_seconds"] > 0 and r["environment"]["torch"]
+
+
+def _run_args(models: Path, probes: Path, out: Path, *extra: str) -> list[str]:
+    refs = [a for i in range(1, 5) for a in ("--reference", str(models / f"reference-{i}"))]
+    return ["run", "--teacher", str(models / "teacher"), "--student", str(models / "student"), *refs,
+            "--probes", str(probes), "--seed", "0", "--out", str(out), *extra]
+
+
+def test_identical_inputs_give_an_identical_result(demo_run: dict[str, Any], tmp_path: Path) -> None:
+    probes = demo_run["out"] / "demo-probes.txt"
+    results = []
+    for _ in range(2):
+        proc = cli(*_run_args(demo_run["models"], probes, tmp_path / "out", "--no-cache", "--n-probes", "30"))
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads((tmp_path / "out" / "result.json").read_text()))
+    assert stable_view(results[0]) == stable_view(results[1])
+    assert results[0]["probe_sets"][0]["n"] == 30 and results[0]["settings"]["n_probes"] == 30
+
+
+def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str, Any], tmp_path: Path) -> None:
+    probes = demo_run["out"] / "demo-probes.txt"
+    cache = tmp_path / "cache"
+    # A small token budget makes many small batches, so the kill lands mid-way.
+    args = _run_args(demo_run["models"], probes, tmp_path / "out", "--cache-dir", str(cache), "--batch-tokens", "40")
+    proc = subprocess.Popen([sys.executable, "-m", "audit", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = cache / "inference-v1.sqlite"
+    deadline = time.time() + 120
+    rows = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as conn:
+                    rows = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            except sqlite3.OperationalError:
+                rows = 0
+            if rows >= 150:  # teacher generations done and some scoring committed
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the audit finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out" / "result.json").exists()
+
+    resumed = cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    stats = result["inference"]
+    assert stats["cache_hits"] >= rows and 0 < stats["computed"] < stats["requested"]
+    assert result["evidence"] == demo_run["distilled"]["evidence"]
+
+
+# -- errors: one clear line, exit 2, and no result written --------------------------------------------
+
+def _invoke(args: list[str]) -> Any:
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def _assert_usage_error(result: Any, out: Path, pattern: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("distill-audit: error: "), result.stderr
+    assert pattern in lines[0], lines[0]
+    assert not (out / "result.json").exists()
+
+
+@pytest.fixture(scope="module")
+def models(demo_run: dict[str, Any]) -> Path:
+    return demo_run["models"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def probes(demo_run: dict[str, Any]) -> Path:
+    return demo_run["out"] / "demo-probes.txt"  # type: ignore[no-any-return]
+
+
+def test_missing_model_path(models: Path, probes: Path, tmp_path: Path) -> None:
+    args = _run_args(models, probes, tmp_path, "--no-cache")
+    args[args.index("--teacher") + 1] = str(tmp_path / "missing")
+    _assert_usage_error(_invoke(args), tmp_path, "no such file or directory")
+
+
+def test_directory_without_tokenizer(models: Path, probes: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).write_bytes((models / "student" / f).read_bytes())
+    args = _run_args(models, probes, tmp_path, "--no-cache")
+    args[args.index("--student") + 1] = str(bare)
+    _assert_usage_error(_invoke(args), tmp_path, "no tokenizer files")
+
+
+def test_not_a_causal_lm(models: Path, probes: Path, tmp_path: Path) -> None:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    enc = tmp_path / "encoder"
+    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(enc)
+    for f in (models / "student").glob("tokenizer*"):
+        (enc / f.name).write_bytes(f.read_bytes())
+    args = _run_args(models, probes, tmp_path, "--no-cache")
+    args[args.index("--student") + 1] = str(enc)
+    _assert_usage_error(_invoke(args), tmp_path, "not a causal (decoder) language model")
+
+
+def test_pickle_weights_refused(models: Path, probes: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save(load_file(models / "student" / "model.safetensors"), pickled / "pytorch_model.bin")
+    for f in (models / "student").iterdir():
+        if f.suffix != ".safetensors":
+            (pickled / f.name).write_bytes(f.read_bytes())
+    args = _run_args(models, probes, tmp_path, "--no-cache")
+    args[args.index("--student") + 1] = str(pickled)
+    _assert_usage_error(_invoke(args), tmp_path, "--allow-pickle")
+
+
+def test_gguf_without_the_gguf_package(models: Path, probes: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    args = _run_args(models, probes, tmp_path, "--no-cache")
+    args[args.index("--teacher") + 1] = str(fake)
+    _assert_usage_error(_invoke(args), tmp_path, "needs the gguf package")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "no prompts"),
+    ('{"prompt": "ok"}\n{"prompt": oops}\n', "line 2: not valid JSON"),
+])
+def test_bad_probe_file(models: Path, tmp_path: Path, content: str, message: str) -> None:
+    f = tmp_path / ("p.txt" if not content else "p.jsonl")
+    f.write_text(content)
+    _assert_usage_error(_invoke(_run_args(models, f, tmp_path / "out", "--no-cache")), tmp_path / "out", message)
+
+
+def test_fewer_references_than_the_detector_needs(models: Path, probes: Path, tmp_path: Path) -> None:
+    args = ["run", "--teacher", str(models / "teacher"), "--student", str(models / "student"),
+            "--reference", str(models / "reference-1"), "--probes", str(probes), "--out", str(tmp_path)]
+    _assert_usage_error(_invoke(args), tmp_path, "needs at least 2 reference model(s) (--reference), got 1")
+
+
+def test_prompt_longer_than_the_context_is_refused(models: Path, tmp_path: Path) -> None:
+    f = tmp_path / "long.txt"
+    f.write_text("Kise " * 400 + "\nRuno lee\n")
+    _assert_usage_error(_invoke(_run_args(models, f, tmp_path / "out", "--no-cache")), tmp_path / "out",
+                        "longer than its context of 256")
+
+
+def test_output_path_that_is_a_file(models: Path, probes: Path, tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    result = _invoke(_run_args(models, probes, f, "--no-cache"))
+    assert result.exit_code == 2 and "exists and is not a directory" in result.stderr
+
+
+def test_unknown_detector_and_bad_alpha(models: Path, probes: Path, tmp_path: Path) -> None:
+    _assert_usage_error(_invoke(_run_args(models, probes, tmp_path, "--detector", "nope")), tmp_path, "unknown detector")
+    _assert_usage_error(_invoke(_run_args(models, probes, tmp_path, "--alpha", "2")), tmp_path, "--alpha")
+
+
+def test_detectors_and_probes_listings() -> None:
+    out = _invoke(["detectors"]).output
+    assert "next-token-agreement" in out and "score-topk" in out and "at least 2 reference" in out
+    assert "default  version v1  320 prompts" in _invoke(["probes"]).output
+    assert "Exit codes" in _invoke(["--help"]).output
