@@ -188,7 +188,7 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     cache_dir = kw["cache_dir"] or default_cache_dir()
     quiet = ctx.obj["progress"] is False
     say: Callable[[str], None] = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    paths = build_demo_models(cache_dir, report=say)
+    paths = build_demo_models(cache_dir, report=say, progress=ctx.obj["progress"])
     probes = out / "demo-probes.txt"
     write_atomic(probes, "\n".join(demo_prompts()) + "\n")
     refs = tuple(str(p) for name, p in sorted(paths.items()) if name.startswith("reference-"))

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from audit import synthetic
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,11 @@ def _model_plan(recipe: DemoRecipe) -> list[tuple[str, int]]:
 
 
 def build_demo_models(root: Path, recipe: DemoRecipe = DemoRecipe(),
-                      report: Callable[[str], None] = lambda msg: None) -> dict[str, Path]:
-    """Build (or reuse) the demo models under ``root``; returns role name -> checkpoint directory."""
+                      report: Callable[[str], None] = lambda msg: None,
+                      progress: bool | None = None) -> dict[str, Path]:
+    """Build (or reuse) the demo models under ``root``; returns role name -> checkpoint directory.
+
+    ``progress``: a training progress bar on stderr (None: only when stderr is a terminal)."""
     from transformers import AutoTokenizer
 
     build_dir = root / f"demo-models-v{DEMO_VERSION}"
@@ -54,6 +59,10 @@ def build_demo_models(root: Path, recipe: DemoRecipe = DemoRecipe(),
     if marker.exists() and json.loads(marker.read_text()) == asdict(recipe):
         report(f"reusing demo models in {build_dir}")
         return paths
+    plan_models = _model_plan(recipe)
+    report(f"building {len(plan_models)} demo models in {build_dir} (first run only, about a minute on a CPU)")
+    bar = tqdm(total=recipe.steps * len(plan_models), desc="training demo models", unit="step", leave=False,
+               disable=(not progress) if progress is not None else None)
     # Build beside the final place and rename at the end, so a killed build leaves nothing half-made.
     staging = Path(tempfile.mkdtemp(prefix=f".{build_dir.name}.", dir=root))
     grammar = synthetic.Grammar(seed=recipe.grammar_seed)
@@ -61,17 +70,20 @@ def build_demo_models(root: Path, recipe: DemoRecipe = DemoRecipe(),
     synthetic.build_tokenizer(grammar, tok_dir)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     models: dict[str, Any] = {}
-    for name, seed in _model_plan(recipe):
+    for name, seed in plan_models:
         t0 = time.perf_counter()
         is_student = name == "student"
         n_sentences = recipe.student_sentences if is_student else recipe.sentences
         corpus = synthetic.encode_corpus(tokenizer, grammar.text(n_sentences, seed=seed))
         model = synthetic.new_model(tokenizer, synthetic.TinyConfig(), seed=seed)
         plan = synthetic.TrainPlan(steps=recipe.steps, seed=seed)
-        models[name] = synthetic.train(model, corpus, plan, teacher=models["teacher"] if is_student else None)
+        models[name] = synthetic.train(model, corpus, plan, teacher=models["teacher"] if is_student else None,
+                                       on_step=lambda: bar.update(1))
         models[name].save_pretrained(staging / name)
         tokenizer.save_pretrained(staging / name)
-        report(f"built {name:<12} in {time.perf_counter() - t0:4.1f}s")
+        with tqdm.external_write_mode():  # a line above the bar, not through it
+            report(f"built {name:<12} in {time.perf_counter() - t0:4.1f}s")
+    bar.close()
     (staging / marker.name).write_text(json.dumps(asdict(recipe)))
     if build_dir.exists():
         shutil.rmtree(build_dir)

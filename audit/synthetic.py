@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -155,6 +155,7 @@ def train(
     plan: TrainPlan,
     teacher: Any = None,
     kd_weight: float = 1.0,
+    on_step: Callable[[], None] | None = None,
 ) -> Any:
     """Next-token training; with a teacher, the loss mixes KL to the teacher's distribution (logit KD)
     with weight ``kd_weight`` and cross-entropy on the text with weight ``1 - kd_weight``."""
@@ -184,6 +185,8 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if on_step is not None:
+            on_step()
     model.eval()
     return model
 

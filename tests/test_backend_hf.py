@@ -175,3 +175,33 @@ def test_device_and_dtype_defaults_on_cpu(llama_dir: Path) -> None:
     assert bf16.runtime["dtype"] == "bfloat16"
     (scored,) = bf16.score([TEXTS[0]], 2)
     assert np.isfinite(scored.target_logprob[1:]).all()
+
+
+def test_hub_id_already_in_the_local_cache_loads_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          llama_dir: Path) -> None:
+    """The layout huggingface_hub leaves after a download: models--org--name/{refs/main, snapshots/REV}."""
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(llama_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    adapter = HFAdapter.load("acme/tiny-llama")
+    assert adapter.fingerprint == HFAdapter.load(str(llama_dir)).fingerprint
+
+
+def test_checkpoint_code_is_not_run_without_trust_remote_code(tmp_path: Path, llama_dir: Path) -> None:
+    import json
+
+    path = tmp_path / "custom"
+    shutil.copytree(llama_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config.update(model_type="acme-custom", auto_map={"AutoConfig": "configuration_acme.AcmeConfig",
+                                                      "AutoModelForCausalLM": "modeling_acme.AcmeModel"})
+    (path / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "code-ran"
+    (path / "configuration_acme.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(ModelLoadError, match="ships its own model code.*--trust-remote-code"):
+        HFAdapter.load(str(path))
+    assert not marker.exists()

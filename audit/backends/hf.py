@@ -168,6 +168,11 @@ class HFAdapter:
         try:
             config = AutoConfig.from_pretrained(source.directory, **common)
         except ValueError as exc:
+            if "trust_remote_code" in str(exc) and not options.trust_remote_code:
+                raise ModelLoadError(
+                    f"{spec}: the checkpoint ships its own model code, which is not run by default; "
+                    "pass --trust-remote-code only if you trust its source"
+                ) from exc
             raise ModelLoadError(f"{spec}: cannot read the model config: {_first_line(exc)}") from exc
         _check_causal_lm(config, spec)
         try:
