@@ -205,3 +205,12 @@ def test_checkpoint_code_is_not_run_without_trust_remote_code(tmp_path: Path, ll
     with pytest.raises(ModelLoadError, match="ships its own model code.*--trust-remote-code"):
         HFAdapter.load(str(path))
     assert not marker.exists()
+
+
+def test_offsets_without_a_fast_tokenizer_come_from_decoding(llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = HFAdapter.load(str(llama_dir))
+    (fast,) = adapter.score([TEXTS[0]], 2)
+    monkeypatch.setattr(type(adapter.tokenizer), "is_fast", property(lambda self: False))
+    (slow,) = adapter.score([TEXTS[0]], 2)
+    np.testing.assert_array_equal(slow.token_ids, fast.token_ids)
+    assert [TEXTS[0][s:e] for s, e in slow.offsets[1:]] == [TEXTS[0][s:e] for s, e in fast.offsets[1:]]

@@ -248,20 +248,23 @@ class HFAdapter:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self._encode(texts)]
 
-    def _offsets(self, texts: Sequence[str]) -> list[np.ndarray]:
+    def _encode_with_offsets(self, texts: Sequence[str]) -> tuple[list[list[int]], list[np.ndarray]]:
+        """Token ids and each token's character span, from one tokenizer pass where the tokenizer is fast."""
         if getattr(self.tokenizer, "is_fast", False):
             enc = self.tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=True)
-            return [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in enc["offset_mapping"]]
+            offsets = [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in enc["offset_mapping"]]
+            return [list(ids) for ids in enc["input_ids"]], offsets
         # Slow tokenizers have no offsets: recover them from the growth of the decoded prefix.
+        encoded = self._encode(texts)
         out = []
-        for ids in self._encode(texts):
+        for ids in encoded:
             spans, prev = [], 0
             for i in range(len(ids)):
                 end = len(self.tokenizer.decode(ids[: i + 1], skip_special_tokens=True))
                 spans.append((prev, max(prev, end)))
                 prev = max(prev, end)
             out.append(np.asarray(spans, dtype=np.int64).reshape(-1, 2))
-        return out
+        return encoded, out
 
     def _pad_right(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in batch)
@@ -304,8 +307,7 @@ class HFAdapter:
     def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
         if not texts:
             return []
-        encoded = self._encode(texts)
-        offsets = self._offsets(texts)
+        encoded, offsets = self._encode_with_offsets(texts)
         input_ids, mask = self._pad_right(encoded)
         targets = input_ids[:, 1:][mask[:, 1:].bool()]
         k = max(1, min(top_k, self.model.config.vocab_size))
