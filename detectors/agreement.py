@@ -81,7 +81,6 @@ class NextTokenAgreement(Detector):
         student = agreement(ctx.student)
         refs = {r.name: agreement(r) for r in ctx.references}
         cmp = stats.compare_to_panel(student, refs, ctx.rng(self.name))
-        usable = np.isfinite(student) & np.all([np.isfinite(a) for a in refs.values()], axis=0)
         return Evidence(
             detector=self.name,
             test=(
@@ -99,7 +98,7 @@ class NextTokenAgreement(Detector):
             ci_level=0.95,
             n=cmp.n,
             rules_out=bool(np.isfinite(cmp.ci_high) and cmp.ci_high < p.margin),
-            examples=self._examples(ctx, student, refs[cmp.closest], cmp.closest, continuations, usable),
+            examples=self._examples(ctx, student, refs[cmp.closest], cmp.closest, continuations),
             details={
                 "student_agreement": cmp.student_mean,
                 "reference_agreement": cmp.reference_means,
@@ -121,10 +120,10 @@ class NextTokenAgreement(Detector):
         reference: np.ndarray,
         reference_name: str,
         continuations: list[Any],
-        usable: np.ndarray,
     ) -> tuple[dict[str, Any], ...]:
-        """The prompts where the student follows the teacher most beyond the closest reference."""
-        gap = np.where(usable, student - reference, -np.inf)
+        """The prompts where the student follows the teacher most beyond the closest reference.
+        Prompts with no scored continuation (NaN agreement) are never examples."""
+        gap = np.nan_to_num(student - reference, nan=-np.inf)
         order = [i for i in np.argsort(-gap, kind="stable") if np.isfinite(gap[i])][: self.params.n_examples]
         return tuple(
             {
