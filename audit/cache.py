@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-SCHEMA = 1
+SCHEMA = 2  # 2: scores carry logprob_var
 
 
 def request_key(model_fingerprint: str, kind: str, params: Mapping[str, object], payload: str) -> str:

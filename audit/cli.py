@@ -107,6 +107,36 @@ def _model_options(func: F) -> F:
     return func
 
 
+def _audit_options(func: F) -> F:
+    options = [
+        click.option("--teacher-logs", type=click.Path(path_type=Path), default=None, metavar="JSONL",
+                     help="Logged teacher outputs that may have reached the student, one {\"prompt\", \"completion\"} "
+                          "object per line; enables the paired logged-vs-fresh membership test."),
+        click.option("--teacher-fresh", type=click.Path(path_type=Path), default=None, metavar="JSONL",
+                     help="Fresh teacher outputs for the same prompts, drawn the way the logged ones were "
+                          "[default: sampled from the teacher here, seeded, at the logged lengths]."),
+        click.option("--fresh-temperature", type=float, default=1.0, show_default=True,
+                     help="Sampling temperature for fresh outputs made here; match the one the logs were made with."),
+        click.option("--membership-score", type=click.Choice(["loss", "min-k++", "zlib"]), default="loss",
+                     show_default=True, help="Test statistic of logged-vs-fresh (the others are reported, not tested)."),
+        click.option("--teacher-name", "teacher_names", multiple=True, metavar="NAME",
+                     help="A name of the teacher or its maker (repeatable); identity probes record student answers naming it."),
+        click.option("--teacher-access", type=click.Choice(["white", "gray", "black"]), default="white",
+                     show_default=True,
+                     help="Audit the teacher as if only this access existed: gray = top-k log-probs of its generated "
+                          "tokens, black = generated text only. Detectors needing more are skipped with the reason."),
+        click.option("--combine", "combination", type=click.Choice(["bonferroni", "cauchy"]), default="bonferroni",
+                     show_default=True,
+                     help="How detector p-values combine: Bonferroni (valid under any dependence) or the Cauchy "
+                          "combination (less conservative; valid under dependence for small alpha)."),
+        click.option("--no-negative-controls", is_flag=True,
+                     help="Skip the negative controls (each reference audited in the student's seat)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def _out_dir(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
@@ -126,6 +156,7 @@ def _out_dir(out: Path) -> Path:
 @click.option("--detector", "detectors", multiple=True, metavar="NAME",
               help="Run only these detectors (repeatable); see `distill-audit detectors`.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory; result.json is written there.")
+@_audit_options
 @_model_options
 @click.pass_context
 @user_errors
@@ -158,6 +189,14 @@ def _spec(kw: dict[str, Any]) -> Any:
                          allow_pickle=kw["allow_pickle"], trust_remote_code=kw["trust_remote_code"]),
         token_budget=kw["batch_tokens"],
         cache_dir=None if kw["no_cache"] else (kw["cache_dir"] or default_cache_dir()),
+        teacher_logs=kw.get("teacher_logs"),
+        teacher_fresh=kw.get("teacher_fresh"),
+        fresh_temperature=kw.get("fresh_temperature", 1.0),
+        membership_score=kw.get("membership_score", "loss"),
+        teacher_names=tuple(kw.get("teacher_names", ())),
+        teacher_access=kw.get("teacher_access", "white"),
+        combination=kw.get("combination", "bonferroni"),
+        negative_controls=not kw.get("no_negative_controls", False),
     )
 
 
@@ -177,9 +216,11 @@ def _print_verdict(title: str, result: dict[str, Any], path: Path) -> None:
 def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     """Build tiny demo models (offline, about a minute on a CPU) and audit a distilled student and a control.
 
-    The models are saved with save_pretrained under the cache directory and reused next time.
+    The student was distilled on the teacher's logged API answers (teacher-logs.jsonl beside the models);
+    both audits get those logs. The models are saved with save_pretrained under the cache directory and
+    reused next time.
     """
-    from audit.demo import build_demo_models, demo_prompts
+    from audit.demo import FRESH_FILE, LOGS_FILE, build_demo_models, demo_prompts
     from audit.result import write_atomic, write_result
     from audit.runner import run_audit
 
@@ -193,7 +234,8 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     write_atomic(probes, "\n".join(demo_prompts()) + "\n")
     refs = tuple(str(p) for name, p in sorted(paths.items()) if name.startswith("reference-"))
     kw.update(teacher=str(paths["teacher"]), references=refs, probes=str(probes), n_probes=None, seed=seed,
-              alpha=0.01, detectors=())
+              alpha=0.01, detectors=(), teacher_logs=paths["teacher"].parent / LOGS_FILE,
+              teacher_fresh=paths["teacher"].parent / FRESH_FILE)
     for case, suspect in (("distilled", "student"), ("control", "control")):
         kw["student"] = str(paths[suspect])
         result = run_audit(_spec(kw), progress=ctx.obj["progress"], command=sys.argv)

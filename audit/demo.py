@@ -1,8 +1,11 @@
 """The built-in demo: tiny models on a synthetic language, one of them distilled, audited end to end.
 
-Builds a teacher, a student distilled from it (logit KD), an independent control trained on the same
-language, and two reference models, saves each with ``save_pretrained`` under the cache directory
-(reused on later runs), then audits the student and the control against the teacher.
+The story is the one in the news: a competitor trained a student on a teacher's API answers. The demo
+builds a teacher, logs its answers to sentence openings (``teacher-logs.jsonl``, prompt and sampled
+completion), and distils a student on those logged answers with the teacher's soft labels (logit KD,
+as an API that returns log-probs allows). It also builds an independent control and four reference
+models on the same language, saves each with ``save_pretrained`` under the cache directory (reused on
+later runs), then audits the student and the control against the teacher, with the logs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from audit import synthetic
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
+LOGS_FILE = "teacher-logs.jsonl"
+FRESH_FILE = "teacher-fresh.jsonl"
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,9 @@ class DemoRecipe:
 
     grammar_seed: int = 0
     sentences: int = 1500  # per independently trained model: a small sample, so each learns its own quirks
-    student_sentences: int = 3000  # text the student was distilled on (its own sample, teacher's soft labels)
+    logged_answers: int = 1500  # teacher API answers the student was distilled on (teacher's soft labels)
+    answer_tokens: int = 40  # length of each logged answer, in teacher tokens
+    kd_weight: float = 0.5  # student loss: this much KL to the teacher's log-probs, the rest cross-entropy on the answers
     steps: int = 300
     n_references: int = 4  # the panel test gains power with each reference
     n_probes: int = 100
@@ -73,12 +80,21 @@ def build_demo_models(root: Path, recipe: DemoRecipe = DemoRecipe(),
     for name, seed in plan_models:
         t0 = time.perf_counter()
         is_student = name == "student"
-        n_sentences = recipe.student_sentences if is_student else recipe.sentences
-        corpus = synthetic.encode_corpus(tokenizer, grammar.text(n_sentences, seed=seed))
+        if is_student:
+            logs = teacher_answers(models["teacher"], tokenizer, grammar, recipe, seed)
+            write_logs(staging / LOGS_FILE, logs)
+            # Fresh answers to the same prompts, drawn the same way: what the auditor asks the teacher now.
+            fresh = synthetic.sample_texts(models["teacher"], tokenizer, [p for p, _ in logs], recipe.answer_tokens,
+                                           seed=90_000 + seed)
+            write_logs(staging / FRESH_FILE, list(zip([p for p, _ in logs], fresh)))
+            text = " ".join(prompt + completion for prompt, completion in logs)
+        else:
+            text = grammar.text(recipe.sentences, seed=seed)
+        corpus = synthetic.encode_corpus(tokenizer, text)
         model = synthetic.new_model(tokenizer, synthetic.TinyConfig(), seed=seed)
         plan = synthetic.TrainPlan(steps=recipe.steps, seed=seed)
         models[name] = synthetic.train(model, corpus, plan, teacher=models["teacher"] if is_student else None,
-                                       on_step=lambda: bar.update(1))
+                                       kd_weight=recipe.kd_weight, on_step=lambda: bar.update(1))
         models[name].save_pretrained(staging / name)
         tokenizer.save_pretrained(staging / name)
         with tqdm.external_write_mode():  # a line above the bar, not through it
@@ -89,6 +105,19 @@ def build_demo_models(root: Path, recipe: DemoRecipe = DemoRecipe(),
         shutil.rmtree(build_dir)
     os.replace(staging, build_dir)
     return paths
+
+
+def teacher_answers(teacher: Any, tokenizer: Any, grammar: synthetic.Grammar, recipe: DemoRecipe,
+                    seed: int) -> list[tuple[str, str]]:
+    """What the teacher's API answered: sampled continuations of sentence openings (not the probes)."""
+    prompts = grammar.prompts(recipe.logged_answers, seed=50_000 + seed)
+    completions = synthetic.sample_texts(teacher, tokenizer, prompts, recipe.answer_tokens, seed=seed)
+    return list(zip(prompts, completions))
+
+
+def write_logs(path: Path, logs: list[tuple[str, str]]) -> None:
+    lines = [json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) for p, c in logs]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def demo_prompts(recipe: DemoRecipe = DemoRecipe()) -> list[str]:

@@ -76,6 +76,7 @@ def _score_to_arrays(s: ScoredText) -> dict[str, np.ndarray]:
         "topk_ids": s.topk_ids,
         "topk_logprobs": s.topk_logprobs,
         "entropy": s.entropy,
+        "logprob_var": s.logprob_var,
     }
 
 

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import platform
 import sys
 import time
+from collections import defaultdict
 from typing import Any, Callable, Sequence
 
 from audit import __version__
-from audit.aggregate import verdict
-from audit.backends.base import ModelAdapter
+from audit.aggregate import COMBINATIONS, verdict
+from audit.backends.base import Capability, GenerateParams, ModelAdapter
 from audit.backends.hf import HFAdapter, LoadOptions
+from audit.backends.restrict import ACCESS_MODES, restrict
 from audit.cache import InferenceCache
 from audit.engine import Engine, default_token_budget
 from audit.errors import CapabilityError, UsageError
+from audit.logs import LoggedOutput, load_outputs, pair_outputs
 from audit.probes import load_probe_set
 from audit.result import SCHEMA_VERSION
 from audit.spec import AuditSpec
-from detectors import REGISTRY, Detector, DetectorContext, ModelHandle
+from detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
+from detectors.fingerprint import identity_observations
+from detectors.membership import SCORES as MEMBERSHIP_SCORES
+from detectors.membership import LoggedParams, LoggedVsFresh
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "inference-v1.sqlite"
@@ -30,12 +37,19 @@ def _load_hf(source: str, options: LoadOptions, name: str) -> ModelAdapter:
     return HFAdapter.load(source, options, name=name)
 
 
-def select_detectors(names: Sequence[str]) -> list[Detector]:
+def select_detectors(names: Sequence[str], spec: AuditSpec | None = None) -> list[Detector]:
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise UsageError(f"unknown detector {unknown[0]!r}; known: {', '.join(sorted(REGISTRY))}")
-    chosen = names or sorted(REGISTRY)
-    return [REGISTRY[n]() for n in chosen]
+    chosen = list(names) or list(REGISTRY)
+    out: list[Detector] = []
+    for name in chosen:
+        cls = REGISTRY[name]
+        if cls is LoggedVsFresh and spec is not None:
+            out.append(cls(LoggedParams(score=spec.membership_score)))
+        else:
+            out.append(cls())
+    return out
 
 
 def environment() -> dict[str, str]:
@@ -54,6 +68,97 @@ def environment() -> dict[str, str]:
     }
 
 
+def _check_spec(spec: AuditSpec) -> None:
+    if not 0.0 < spec.alpha < 1.0:
+        raise UsageError(f"--alpha must be between 0 and 1, got {spec.alpha}")
+    if spec.combination not in COMBINATIONS:
+        raise UsageError(f"--combine must be one of {', '.join(COMBINATIONS)}, got {spec.combination!r}")
+    if spec.teacher_access not in ACCESS_MODES:
+        raise UsageError(f"--teacher-access must be one of {', '.join(ACCESS_MODES)}, got {spec.teacher_access!r}")
+    if spec.membership_score not in MEMBERSHIP_SCORES:
+        raise UsageError(f"--membership-score must be one of {', '.join(MEMBERSHIP_SCORES)}, got {spec.membership_score!r}")
+    if spec.teacher_fresh is not None and spec.teacher_logs is None:
+        raise UsageError("--teacher-fresh needs --teacher-logs: fresh outputs are compared with logged ones")
+    if not spec.fresh_temperature >= 0:
+        raise UsageError(f"--fresh-temperature must be 0 or more, got {spec.fresh_temperature}")
+
+
+def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: Engine, seed: int,
+                 temperature: float) -> tuple[LoggedOutput, ...]:
+    """A fresh teacher answer for every logged one: same prompt, same length in teacher tokens, seeded.
+
+    The k-th repeat of a prompt gets its own seed, so repeated prompts get different fresh answers."""
+    if Capability.GENERATE not in teacher.adapter.capabilities:
+        raise CapabilityError("the teacher cannot generate here, so give fresh outputs with --teacher-fresh")
+    full = teacher.adapter.count_tokens([o.prompt + o.completion for o in logged])
+    prompt_only = teacher.adapter.count_tokens([o.prompt for o in logged])
+    seen: dict[str, int] = defaultdict(int)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (o, n_full, n_prompt) in enumerate(zip(logged, full, prompt_only)):
+        groups[max(1, n_full - n_prompt), seen[o.prompt]].append(i)
+        seen[o.prompt] += 1
+    fresh: list[LoggedOutput | None] = [None] * len(logged)
+    for (length, repeat), idx in sorted(groups.items()):
+        params = GenerateParams(max_new_tokens=length, do_sample=temperature > 0,
+                                temperature=temperature if temperature > 0 else 1.0, top_k=1, seed=seed + 7919 * repeat)
+        for i, g in zip(idx, engine.generate(teacher.adapter, [logged[i].prompt for i in idx], params)):
+            fresh[i] = LoggedOutput(logged[i].prompt, g.text, 0)
+    return tuple(f for f in fresh if f is not None)
+
+
+def _run_detectors(detectors: Sequence[Detector], ctx: DetectorContext,
+                   timings: dict[str, float] | None = None) -> tuple[list[Evidence], list[dict[str, str]]]:
+    by_role = {
+        "teacher": [ctx.teacher.adapter],
+        "student": [ctx.student.adapter],
+        "reference": [r.adapter for r in ctx.references],
+    }
+    evidence, skipped = [], []
+    for det in detectors:
+        reason = det.unmet_needs(by_role, has_teacher_logs=ctx.teacher_logs is not None)
+        if reason is not None:
+            skipped.append({"detector": det.name, "reason": reason})
+            continue
+        t0 = time.perf_counter()
+        evidence.append(det.run(ctx))
+        if timings is not None:
+            timings[det.name] = round(time.perf_counter() - t0, 3)
+    return evidence, skipped
+
+
+def negative_controls(detectors: Sequence[Detector], ctx: DetectorContext, alpha: float,
+                      combination: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each reference in the student's seat, audited against the teacher and the rest of the panel.
+
+    A reference is independent of the teacher by choice, so any reference that comes out distilled shows
+    the panel is too weak (too few, or too unlike each other) for this audit's verdict to be trusted."""
+    results, warnings = [], []
+    if len(ctx.references) < 2:
+        return [], ["Negative controls could not run: they need at least 2 reference models."]
+    for i, ref in enumerate(ctx.references):
+        rest = ctx.references[:i] + ctx.references[i + 1 :]
+        seat = ModelHandle("student", ref.name, ref.adapter)
+        control_ctx = dataclasses.replace(ctx, student=seat, references=rest)
+        evidence, skipped = _run_detectors(detectors, control_ctx)
+        v = verdict(evidence, alpha, method=combination)
+        results.append({
+            "model": ref.name,
+            "label": v.label,
+            "p_value": v.p_value,
+            "p_values": {e.detector: e.p_value for e in evidence},
+            "skipped": skipped,
+        })
+        if v.label == "distilled":
+            warnings.append(
+                f"Negative control failed: {ref.name}, an independent reference, came out distilled "
+                f"(p = {v.p_value:.2g}) when put in the student's seat; the reference panel is too weak for this "
+                "verdict to be trusted. Add more, and more varied, references."
+            )
+    if all(not r["p_values"] for r in results):
+        warnings.append("Negative controls could not run any detector with one reference fewer; use 3 or more references.")
+    return results, warnings
+
+
 def run_audit(
     spec: AuditSpec,
     progress: bool | None = None,
@@ -63,25 +168,35 @@ def run_audit(
     """Run the audit described by ``spec`` and return the result document (not yet written)."""
     started = time.perf_counter()
     created_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    if not 0.0 < spec.alpha < 1.0:
-        raise UsageError(f"--alpha must be between 0 and 1, got {spec.alpha}")
-    detectors = select_detectors(spec.detectors)
+    _check_spec(spec)
+    detectors = select_detectors(spec.detectors, spec)
     probe_set = load_probe_set(spec.probes).subsample(spec.n_probes, spec.seed)
+    logged = load_outputs(spec.teacher_logs, "--teacher-logs") if spec.teacher_logs else None
+    fresh_file = load_outputs(spec.teacher_fresh, "--teacher-fresh") if spec.teacher_fresh else None
+    if logged is not None and fresh_file is not None:
+        pair_outputs(logged, fresh_file, str(spec.teacher_fresh))  # refuse unpaired files before loading models
+    explicit = set(spec.detectors)
     for det in detectors:
-        if len(spec.references) < det.min_references:
+        if det.name in explicit and len(spec.references) < det.min_references:
             raise CapabilityError(
                 f"detector {det.name} needs at least {det.min_references} reference model(s) "
                 f"(--reference), got {len(spec.references)}"
             )
+    if not any(len(spec.references) >= d.min_references and (logged is not None or not d.needs_teacher_logs)
+               for d in detectors):
+        raise CapabilityError(
+            f"no selected detector can run with {len(spec.references)} reference model(s): the panel detectors need "
+            "at least 2 (--reference, better 4 or more); only logged-vs-fresh needs none, and it needs --teacher-logs"
+        )
     warnings: list[str] = []
     if len(spec.references) < 2:
         warnings.append(
-            f"Only {len(spec.references)} reference model(s): the panel cannot show whether an independent "
-            "model of this class would look as teacher-like; use at least 2, better 4 or more."
+            f"Only {len(spec.references)} reference model(s): the panel detectors cannot run, and nothing shows "
+            "whether an independent model of this class would look as teacher-like; use at least 2, better 4 or more."
         )
 
     t_load = time.perf_counter()
-    teacher = ModelHandle("teacher", "teacher", loader(spec.teacher, spec.load, "teacher"))
+    teacher = ModelHandle("teacher", "teacher", restrict(loader(spec.teacher, spec.load, "teacher"), spec.teacher_access))
     student = ModelHandle("student", "student", loader(spec.student, spec.load, "student"))
     references = tuple(
         ModelHandle("reference", f"reference-{i + 1}", loader(src, spec.load, f"reference-{i + 1}"))
@@ -95,26 +210,38 @@ def run_audit(
     devices = [str(getattr(h.adapter, "runtime", {}).get("device", "cpu")) for h in (teacher, student, *references)]
     token_budget = spec.token_budget or default_token_budget(devices)
     engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress)
-    ctx = DetectorContext(teacher, student, references, probe_set.prompts, spec.seed, engine)
-    by_role = {
-        "teacher": [teacher.adapter],
-        "student": [student.adapter],
-        "reference": [r.adapter for r in references],
-    }
-    evidence, skipped, detector_seconds = [], [], {}
+    detector_seconds: dict[str, float] = {}
+    controls: list[dict[str, Any]] = []
+    observations: dict[str, Any] = {}
     try:
-        for det in detectors:
-            reason = det.unmet_needs(by_role)
-            if reason is not None:
-                log.warning("skipping %s: %s", det.name, reason)
-                skipped.append({"detector": det.name, "reason": reason})
-                continue
+        pairs = None
+        if logged is not None:
+            if fresh_file is not None:
+                pairs = pair_outputs(logged, fresh_file, str(spec.teacher_fresh))
+            else:
+                fresh = sample_fresh(teacher, logged, engine, spec.seed, spec.fresh_temperature)
+                pairs = pair_outputs(logged, fresh, f"sampled from the teacher here (temperature "
+                                     f"{spec.fresh_temperature:g}, seed {spec.seed}, logged lengths)")
+            if pairs.unpaired_logged:
+                warnings.append(f"{pairs.unpaired_logged} logged output(s) have no fresh output for the same prompt "
+                                "and were left out of the membership test.")
+        ctx = DetectorContext(teacher, student, references, probe_set.prompts, spec.seed, engine, pairs)
+        evidence, skipped = _run_detectors(detectors, ctx, detector_seconds)
+        for item in skipped:
+            log.warning("skipping %s: %s", item["detector"], item["reason"])
+        if spec.negative_controls:
+            ran = [d for d in detectors if d.name in {e.detector for e in evidence}]
             t0 = time.perf_counter()
-            evidence.append(det.run(ctx))
-            detector_seconds[det.name] = round(time.perf_counter() - t0, 3)
+            controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination)
+            detector_seconds["negative_controls"] = round(time.perf_counter() - t0, 3)
+            warnings.extend(control_warnings)
+        chat_prompt = getattr(student.adapter, "chat_prompt", None)
+        chat = callable(chat_prompt) and chat_prompt("hi") is not None
+        if spec.teacher_names or chat:
+            observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
     finally:
         cache.close()
-    result_verdict = verdict(evidence, spec.alpha, warnings)
+    result_verdict = verdict(evidence, spec.alpha, warnings, method=spec.combination)
     handles = [teacher, student, *references]
     sources = [spec.teacher, spec.student, *spec.references]
     return {
@@ -135,8 +262,11 @@ def run_audit(
             for h, src in zip(handles, sources)
         ],
         "probe_sets": [probe_set.to_dict()],
+        "teacher_logs": (dict(pairs.to_dict(), logged_source=str(spec.teacher_logs)) if pairs is not None else None),
         "evidence": [e.to_dict() for e in evidence],
         "skipped": skipped,
+        "negative_controls": controls,
+        "observations": observations,
         "verdict": result_verdict.to_dict(),
         "settings": dict(spec.settings(), token_budget=token_budget),
         "environment": environment(),

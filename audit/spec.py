@@ -23,6 +23,14 @@ class AuditSpec:
     token_budget: int | None = None  # None: chosen for the device (see engine.default_token_budget)
     score_top_k: int = 10
     cache_dir: Path | None = None  # None: no on-disk cache
+    teacher_logs: Path | None = None  # JSONL of logged teacher outputs (prompt, completion)
+    teacher_fresh: Path | None = None  # JSONL of fresh teacher outputs for the same prompts; None: sample them
+    fresh_temperature: float = 1.0  # sampling temperature for fresh outputs made here (match the logs')
+    membership_score: str = "loss"  # logged-vs-fresh test statistic: loss | min-k++ | zlib
+    teacher_names: tuple[str, ...] = ()  # names of the teacher and its maker, for the identity probes
+    teacher_access: str = "white"  # white | gray | black: audit the teacher as if only this access existed
+    combination: str = "bonferroni"  # bonferroni | cauchy
+    negative_controls: bool = True  # each reference in the student's seat against the rest of the panel
 
     def settings(self) -> dict[str, Any]:
         """The settings that decide the numbers (paths and cache location are recorded elsewhere)."""
@@ -38,4 +46,10 @@ class AuditSpec:
             "trust_remote_code": self.load.trust_remote_code,
             "token_budget": self.token_budget,
             "score_top_k": self.score_top_k,
+            "fresh_temperature": self.fresh_temperature,
+            "membership_score": self.membership_score,
+            "teacher_names": list(self.teacher_names),
+            "teacher_access": self.teacher_access,
+            "combination": self.combination,
+            "negative_controls": self.negative_controls,
         }

@@ -85,6 +85,21 @@ def bonferroni_global(p_values: Sequence[float]) -> float:
     return float(min(1.0, len(p_values) * min(p_values)))
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (strong family-wise error control under any dependence)."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        adjusted[idx] = running
+    return [float(x) for x in adjusted]
+
+
 def cauchy_combination(p_values: Sequence[float]) -> float:
     """Cauchy combination (Liu & Xie 2020): valid under arbitrary dependence for small p, equal weights."""
     if not p_values:
@@ -111,10 +126,11 @@ class PanelComparison:
     n: int  # prompts usable for every model
     student_mean: float
     reference_means: dict[str, float]
+    planted_p_value: float = math.nan  # the p-value had the student beaten the closest reference by ``margin``
 
 
 def compare_to_panel(student: np.ndarray, references: dict[str, np.ndarray], rng: np.random.Generator,
-                     ci_level: float = 0.95) -> PanelComparison:
+                     ci_level: float = 0.95, margin: float | None = None) -> PanelComparison:
     """Two tests of "the student is no more teacher-like than an independent model", both must reject.
 
     (a) Prompts are the sample: a one-sided paired Wilcoxon test against each reference; the student
@@ -146,6 +162,11 @@ def compare_to_panel(student: np.ndarray, references: dict[str, np.ndarray], rng
     prompt_se = float(excess.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     panel = panel_prediction_test(float(s.mean()), list(means.values()), floor_sd=prompt_se)
     p_prompts = intersection_union([t.p_value for t in per_ref.values()])
+    planted = math.nan
+    if margin is not None:
+        # Power check: the same student shifted so that it beats the closest reference by exactly the margin.
+        shifted = s - float(excess.mean()) + margin
+        planted = _panel_p(shifted, refs, closest, means)
     return PanelComparison(
         p_value=intersection_union([p_prompts, panel.p_value]),
         p_prompts=p_prompts,
@@ -158,4 +179,14 @@ def compare_to_panel(student: np.ndarray, references: dict[str, np.ndarray], rng
         n=n,
         student_mean=float(s.mean()),
         reference_means=means,
+        planted_p_value=planted,
     )
+
+
+def _panel_p(s: np.ndarray, refs: dict[str, np.ndarray], closest: str, means: dict[str, float]) -> float:
+    excess = s - refs[closest]
+    n = s.size
+    prompt_se = float(excess.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    panel = panel_prediction_test(float(s.mean()), list(means.values()), floor_sd=prompt_se)
+    p_prompts = intersection_union([paired_greater(s, v).p_value for v in refs.values()])
+    return intersection_union([p_prompts, panel.p_value])

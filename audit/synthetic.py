@@ -79,25 +79,51 @@ class Grammar:
         return out
 
 
-def build_tokenizer(grammar: Grammar, directory: Path) -> None:
-    """A byte-level BPE tokenizer trained on the language (any text still encodes, byte by byte)."""
+TOKENIZER_KINDS = ("bpe", "unigram")
+
+
+def build_tokenizer(grammar: Grammar, directory: Path, kind: str = "bpe", vocab_size: int | None = None) -> None:
+    """A tokenizer trained on the language, saved as a fast tokenizer with <s>, </s> and <pad>.
+
+    ``kind="bpe"`` (default): byte-level BPE, vocabulary up to 512 (any text still encodes, byte by byte).
+    ``kind="unigram"``: a Unigram model over whitespace-marked words (Metaspace), vocabulary 192 by default,
+    so the same text gets different ids and segmentation; characters outside ASCII map to <unk>.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size or 512,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        extra: dict[str, str] = {}
+    elif kind == "unigram":
+        import string
+
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size or 192,
+            special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+            unk_token="<unk>",
+            initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
+            show_progress=False,
+        )
+        extra = {"unk_token": "<unk>"}
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
     tok.train_from_iterator(grammar.sentences(4000, seed=10_000), trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", **extra)
     fast.save_pretrained(directory)
 
 
@@ -193,3 +219,82 @@ def train(
 
 def encode_corpus(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def sample_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    seed: int,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+) -> list[str]:
+    """Seeded sampled continuations of ``prompts`` (the text after each prompt, not including it).
+
+    Prompts are encoded as the audit's HF backend does (with <s>), left-padded with explicit position ids.
+    Each prompt's noise comes from its own generator seeded by (seed, index, prompt), so a continuation
+    depends neither on batch composition nor on torch's global RNG; ``temperature`` 0 is greedy. Stops
+    early only at </s>. The continuation is decoded jointly with the prompt, so word boundaries are right.
+    """
+    import hashlib
+    import inspect
+
+    model.eval()
+    encoded = [list(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    # transformers 5 renamed past_key_values to cache; speak whichever this version knows.
+    cache_kwarg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    out: list[str] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        generators = []
+        for i, prompt in enumerate(prompts[start : start + batch_size]):
+            digest = hashlib.sha256(f"{seed}\0{start + i}\0{prompt}".encode()).digest()
+            generators.append(torch.Generator().manual_seed(int.from_bytes(digest[:8], "little")))
+        width = max(len(ids) for ids in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, prompt_ids in enumerate(chunk):
+            ids[row, width - len(prompt_ids) :] = torch.tensor(prompt_ids, dtype=torch.long)
+            mask[row, width - len(prompt_ids) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        steps = max_new_tokens if context is None else max(0, min(max_new_tokens, context - width))
+        new: list[list[int]] = [[] for _ in chunk]
+        done = [False] * len(chunk)
+        past = None
+        with torch.inference_mode():
+            for _ in range(steps):
+                result = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kwarg: past})
+                past = getattr(result, cache_kwarg)
+                logits = result.logits[:, -1, :].float()
+                if temperature > 0:
+                    scaled = torch.log_softmax(logits / temperature, dim=-1)
+                    gumbel = torch.stack(
+                        [-torch.log(-torch.log(torch.rand(scaled.shape[-1], generator=g).clamp_min(1e-20)))
+                         for g in generators]
+                    )
+                    chosen = (scaled + gumbel).argmax(-1).tolist()
+                else:
+                    chosen = logits.argmax(-1).tolist()
+                for row, token in enumerate(chosen):
+                    if done[row]:
+                        continue
+                    if eos is not None and token == eos:
+                        done[row] = True
+                    else:
+                        new[row].append(token)
+                if all(done):
+                    break
+                ids = torch.tensor([[pad if done[r] else t] for r, t in enumerate(chosen)], dtype=torch.long)
+                pos = pos[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((len(chunk), 1), dtype=torch.long)], dim=1)
+        for prompt_ids, new_ids in zip(chunk, new):
+            prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+            full_text = tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
+            if full_text.startswith(prompt_text):
+                out.append(str(full_text[len(prompt_text) :]))
+            else:
+                out.append(str(tokenizer.decode(new_ids, skip_special_tokens=True)))
+    return out

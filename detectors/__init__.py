@@ -5,10 +5,28 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from detectors.agreement import NextTokenAgreement
 from detectors.base import Detector, DetectorContext, Evidence, ModelHandle
+from detectors.fingerprint import TextIdiosyncrasy, TokenIdiosyncrasy
+from detectors.membership import LoggedVsFresh, TeacherTextLikelihood
+from detectors.output_similarity import (
+    JensenShannon,
+    NextTokenAgreement,
+    TextEditSimilarity,
+    TextWordAgreement,
+    TopKOverlap,
+)
 
-_BUILTIN: tuple[type[Detector], ...] = (NextTokenAgreement,)
+_BUILTIN: tuple[type[Detector], ...] = (
+    NextTokenAgreement,
+    TopKOverlap,
+    JensenShannon,
+    TextWordAgreement,
+    TextEditSimilarity,
+    TokenIdiosyncrasy,
+    TextIdiosyncrasy,
+    TeacherTextLikelihood,
+    LoggedVsFresh,
+)
 REGISTRY: Mapping[str, type[Detector]] = MappingProxyType({cls.name: cls for cls in _BUILTIN})
 
 __all__ = ["REGISTRY", "Detector", "DetectorContext", "Evidence", "ModelHandle"]

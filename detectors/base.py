@@ -15,6 +15,7 @@ import numpy as np
 
 from audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
 from audit.engine import Engine
+from audit.logs import LogPairs
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class Evidence:
     ci_level: float
     n: int  # independent units behind the p-value (prompts)
     rules_out: bool  # the CI excludes an effect as large as the detector's margin: supports "not distilled"
+    margin: float = float("nan")  # smallest effect (in effect-size units) this detector counts as distillation
+    # Power check: the p-value the test would have given had the student shown an effect of exactly the
+    # margin with the same noise. Below the verdict's per-detector level means an effect that size would
+    # have been caught, so a null result from this detector means something.
+    planted_p_value: float = float("nan")
     examples: tuple[Mapping[str, Any], ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
 
@@ -61,6 +67,7 @@ class DetectorContext:
     prompts: tuple[str, ...]
     seed: int
     engine: Engine
+    teacher_logs: LogPairs | None = None  # logged teacher outputs paired with fresh ones for the same prompts
 
     def score(self, model: ModelHandle, texts: Sequence[str]) -> list[ScoredText]:
         return self.engine.score(model.adapter, texts)
@@ -92,13 +99,18 @@ class Detector(abc.ABC):
     requires: ClassVar[Mapping[str, frozenset[Capability]]]
     min_references: ClassVar[int] = 0
     same_tokenizer: ClassVar[bool] = False  # compares token ids, so every model must share one vocabulary
+    needs_teacher_logs: ClassVar[bool] = False  # runs only when the user gives logged teacher outputs
     Params: ClassVar[type] = NoParams
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
 
-    def unmet_needs(self, ctx_models: Mapping[str, Sequence[ModelAdapter]]) -> str | None:
-        """Why this detector cannot run on these models, or None when it can."""
+    def unmet_needs(self, ctx_models: Mapping[str, Sequence[ModelAdapter]], has_teacher_logs: bool = False) -> str | None:
+        """Why this detector cannot run on these models and inputs, or None when it can."""
+        if self.needs_teacher_logs and not has_teacher_logs:
+            return "no logged teacher outputs were given (--teacher-logs)"
+        if len(ctx_models.get("reference", ())) < self.min_references:
+            return f"it needs at least {self.min_references} reference model(s)"
         for role, needed in self.requires.items():
             for adapter in ctx_models.get(role, ()):
                 missing = needed - adapter.capabilities

@@ -61,12 +61,13 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     cache, out = root / "cache", root / "out"
     proc = cli("demo", "--out", str(out), "--cache-dir", str(cache))
     assert proc.returncode == 0, proc.stderr
-    models = cache / "demo-models-v1"
+    models = cache / "demo-models-v2"
     return {
         "proc": proc,
         "out": out,
         "cache": cache,
         "models": models,
+        "logs": models / "teacher-logs.jsonl",
         "distilled": json.loads((out / "distilled" / "result.json").read_text()),
         "control": json.loads((out / "control" / "result.json").read_text()),
     }

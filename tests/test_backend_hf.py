@@ -54,6 +54,9 @@ def test_scoring_matches_a_plain_forward_pass(adapter: HFAdapter) -> None:
     expected_entropy = -(logp.exp() * logp).sum(-1)[:-1].numpy()
     np.testing.assert_allclose(scored.entropy[1:], expected_entropy, atol=1e-4)
     np.testing.assert_array_equal(scored.topk_ids[1:], logp[:-1].topk(3).indices.numpy())
+    p = logp.exp()
+    expected_var = (p * logp.square()).sum(-1) - (p * logp).sum(-1).square()
+    np.testing.assert_allclose(scored.logprob_var[1:], expected_var[:-1].numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_offsets_locate_tokens_in_the_text(adapter: HFAdapter) -> None:

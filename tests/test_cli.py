@@ -49,11 +49,20 @@ def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> No
         assert m["source"] and m["runtime"]["device"]
     (ps,) = r["probe_sets"]
     assert ps["n"] == 100 and len(ps["hash"]) == 64
-    (ev,) = r["evidence"]
-    for key in ("detector", "statistic", "p_value", "effect_size", "n", "null", "examples"):
-        assert key in ev
+    from detectors import REGISTRY
+
+    assert {e["detector"] for e in r["evidence"]} | {s["detector"] for s in r["skipped"]} == set(REGISTRY)
+    assert not r["skipped"]  # the demo gives every detector what it needs, logs included
+    for ev in r["evidence"]:
+        for key in ("detector", "statistic", "p_value", "effect_size", "n", "null", "examples", "margin", "planted_p_value"):
+            assert key in ev
     assert r["verdict"]["label"] in ("distilled", "inconclusive", "not-distilled")
     assert r["verdict"]["p_value"] < 0.01 and r["verdict"]["summary"]
+    assert r["verdict"]["combination"] == "bonferroni" and set(r["verdict"]["holm_adjusted_p_values"]) == set(REGISTRY)
+    assert r["teacher_logs"]["pairs"] > 1000 and len(r["teacher_logs"]["logged_hash"]) == 64
+    controls = r["negative_controls"]
+    assert [c["model"] for c in controls] == [f"reference-{i}" for i in range(1, 5)]
+    assert all(c["label"] != "distilled" and len(c["p_values"]) == len(REGISTRY) for c in controls)
     for key in ("seed", "dtype", "device", "token_budget"):
         assert key in r["settings"]
     assert r["timings"]["total_seconds"] > 0 and r["environment"]["torch"]
@@ -61,7 +70,8 @@ def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> No
 
 def _run_args(models: Path, probes: Path, out: Path, *extra: str) -> list[str]:
     refs = [a for i in range(1, 5) for a in ("--reference", str(models / f"reference-{i}"))]
-    return ["run", "--teacher", str(models / "teacher"), "--student", str(models / "student"), *refs,
+    logs = ["--teacher-logs", str(models / "teacher-logs.jsonl"), "--teacher-fresh", str(models / "teacher-fresh.jsonl")]
+    return ["run", "--teacher", str(models / "teacher"), "--student", str(models / "student"), *refs, *logs,
             "--probes", str(probes), "--seed", "0", "--out", str(out), *extra]
 
 
@@ -106,7 +116,69 @@ def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     stats = result["inference"]
     assert stats["cache_hits"] >= rows and 0 < stats["computed"] < stats["requested"]
-    assert result["evidence"] == demo_run["distilled"]["evidence"]
+    # Another batch size (--batch-tokens 40) changes float rounding in the last digits, nothing more.
+    _assert_json_close(result["evidence"], demo_run["distilled"]["evidence"])
+
+
+def _assert_json_close(a: Any, b: Any, rel: float = 1e-3, path: str = "") -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_json_close(a[k], b[k], rel, f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_json_close(x, y, rel, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=rel, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def _audit(demo_run: dict[str, Any], out: Path, *extra: str) -> dict[str, Any]:
+    probes = demo_run["out"] / "demo-probes.txt"
+    proc = cli(*_run_args(demo_run["models"], probes, out, "--cache-dir", str(demo_run["cache"]), *extra))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "result.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_black_box_teacher_runs_the_text_detectors_and_says_why_the_rest_are_skipped(
+        demo_run: dict[str, Any], tmp_path: Path) -> None:
+    r = _audit(demo_run, tmp_path, "--teacher-access", "black")
+    ran = {e["detector"] for e in r["evidence"]}
+    assert ran == {"text-word-agreement", "text-edit-similarity", "idiosyncrasy-text", "teacher-text-likelihood",
+                   "logged-vs-fresh"}
+    reasons = {s["detector"]: s["reason"] for s in r["skipped"]}
+    assert "generate-topk" in reasons["next-token-agreement"] and "teacher" in reasons["next-token-agreement"]
+    assert r["models"][0]["capabilities"] == ["generate"] and r["models"][0]["runtime"]["access"] == "black-box"
+    assert r["verdict"]["label"] == "distilled"  # the logs and the teacher's text still convict
+
+
+def test_a_weak_panel_is_exposed_by_the_negative_controls(demo_run: dict[str, Any], tmp_path: Path) -> None:
+    """A distilled model slipped into the reference panel: in the student's seat it comes out distilled, and
+    the verdict carries the warning."""
+    models = demo_run["models"]
+    panel = [str(models / "student")] + [str(models / f"reference-{i}") for i in (1, 2, 3)]
+    args = ["run", "--teacher", str(models / "teacher"), "--student", str(models / "control"),
+            *(a for ref in panel for a in ("--reference", ref)),
+            "--probes", str(demo_run["out"] / "demo-probes.txt"), "--out", str(tmp_path),
+            "--cache-dir", str(demo_run["cache"]), "--detector", "idiosyncrasy-tokens", "--detector", "next-token-agreement"]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((tmp_path / "result.json").read_text())
+    flagged = [c["model"] for c in r["negative_controls"] if c["label"] == "distilled"]
+    assert flagged == ["reference-1"]
+    assert any("Negative control failed: reference-1" in w for w in r["verdict"]["warnings"])
+
+
+def test_identity_probes_record_answers_naming_the_teacher(demo_run: dict[str, Any], tmp_path: Path) -> None:
+    absent = _audit(demo_run, tmp_path / "a", "--teacher-name", "AcmeGPT", "--detector", "text-word-agreement",
+                    "--n-probes", "10")["observations"]["identity"]
+    assert absent["ran"] and absent["answers_naming_teacher"] == 0 and len(absent["answers"]) == 6
+    said = absent["answers"][0]["answer"].split()[0].strip(".")  # a word the student does say about itself
+    present = _audit(demo_run, tmp_path / "b", "--teacher-name", said, "--detector", "text-word-agreement",
+                     "--n-probes", "10")["observations"]["identity"]
+    assert present["answers_naming_teacher"] >= 1 and said in present["answers"][0]["names_teacher"]
 
 
 # -- errors: one clear line, exit 2, and no result written --------------------------------------------
@@ -196,10 +268,54 @@ def test_bad_probe_file(models: Path, tmp_path: Path, content: str, message: str
     _assert_usage_error(_invoke(_run_args(models, f, tmp_path / "out", "--no-cache")), tmp_path / "out", message)
 
 
-def test_fewer_references_than_the_detector_needs(models: Path, probes: Path, tmp_path: Path) -> None:
+def test_fewer_references_than_the_detectors_need(models: Path, probes: Path, tmp_path: Path) -> None:
     args = ["run", "--teacher", str(models / "teacher"), "--student", str(models / "student"),
             "--reference", str(models / "reference-1"), "--probes", str(probes), "--out", str(tmp_path)]
-    _assert_usage_error(_invoke(args), tmp_path, "needs at least 2 reference model(s) (--reference), got 1")
+    _assert_usage_error(_invoke(args), tmp_path, "no selected detector can run with 1 reference model(s)")
+    _assert_usage_error(_invoke([*args, "--detector", "top-k-overlap"]), tmp_path,
+                        "needs at least 2 reference model(s) (--reference), got 1")
+
+
+def test_one_reference_with_logs_runs_the_reference_free_test_and_warns(models: Path, probes: Path,
+                                                                        tmp_path: Path) -> None:
+    args = ["run", "--teacher", str(models / "teacher"), "--student", str(models / "student"),
+            "--reference", str(models / "reference-1"), "--probes", str(probes), "--out", str(tmp_path),
+            "--teacher-logs", str(models / "teacher-logs.jsonl"), "--teacher-fresh", str(models / "teacher-fresh.jsonl"),
+            "--n-probes", "10", "--no-cache"]
+    result = _invoke(args)
+    assert result.exit_code == 0, result.stderr
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert [e["detector"] for e in r["evidence"]] == ["logged-vs-fresh"]
+    assert r["verdict"]["label"] == "distilled"  # the student trained on the logs, no reference needed
+    assert any("Only 1 reference" in w for w in r["verdict"]["warnings"])
+    assert any("at least 2 reference" in s["reason"] for s in r["skipped"])
+
+
+def test_logs_and_fresh_without_shared_prompts_are_refused(models: Path, probes: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text(json.dumps({"prompt": "never logged", "completion": " x"}) + "\n")
+    args = _run_args(models, probes, tmp_path / "out", "--no-cache")
+    args[args.index("--teacher-fresh") + 1] = str(fresh)
+    _assert_usage_error(_invoke(args), tmp_path / "out", "share no prompt")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "no logged outputs (the file is empty)"),
+    ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "answer": "b"}\n', ":2: needs string fields"),
+])
+def test_bad_teacher_logs(models: Path, probes: Path, tmp_path: Path, content: str, message: str) -> None:
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text(content)
+    args = _run_args(models, probes, tmp_path / "out", "--no-cache")
+    args[args.index("--teacher-logs") + 1] = str(logs)
+    _assert_usage_error(_invoke(args), tmp_path / "out", message)
+
+
+def test_fresh_without_logs_is_a_usage_error(models: Path, probes: Path, tmp_path: Path) -> None:
+    args = _run_args(models, probes, tmp_path / "out", "--no-cache")
+    i = args.index("--teacher-logs")
+    del args[i : i + 2]
+    _assert_usage_error(_invoke(args), tmp_path / "out", "--teacher-fresh needs --teacher-logs")
 
 
 def test_prompt_longer_than_the_context_is_refused(models: Path, tmp_path: Path) -> None:

@@ -14,18 +14,22 @@ from audit.backends.hf import HFAdapter
 from audit.cache import InferenceCache
 from audit.demo import demo_prompts
 from audit.engine import Engine
+from audit.logs import load_outputs, pair_outputs
 from detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
 
 ROLES = {"teacher", "student", "reference"}
 
 
-def _context(models: Path, student: str, n_probes: int = 40) -> DetectorContext:
+def _context(models: Path, student: str, n_probes: int = 100, n_logs: int | None = None) -> DetectorContext:
     def handle(role: str, name: str) -> ModelHandle:
         return ModelHandle(role, name, HFAdapter.load(str(models / name), name=name))
 
     refs = tuple(handle("reference", f"reference-{i}") for i in range(1, 5))
+    logged = load_outputs(models / "teacher-logs.jsonl", "--teacher-logs")[:n_logs]
+    fresh = load_outputs(models / "teacher-fresh.jsonl", "--teacher-fresh")
     return DetectorContext(handle("teacher", "teacher"), handle("student", student), refs,
-                           tuple(demo_prompts()[:n_probes]), 0, Engine(InferenceCache(None)))
+                           tuple(demo_prompts()[:n_probes]), 0, Engine(InferenceCache(None)),
+                           pair_outputs(logged, fresh, "file"))
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +64,17 @@ def test_detector_returns_valid_deterministic_evidence(name: str, contexts: dict
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_detector_separates_distilled_from_control(name: str, contexts: dict[str, DetectorContext]) -> None:
+    """Power on a real distilled pair. The demo student learnt from the teacher's answers and log-probs,
+    so every token-level and membership detector must catch it on the 100 demo probes and its 1500 logged
+    answers; the text-level ones see a
+    weaker signal (greedy text hides most of the distribution) and must at least rank it above the control."""
     distilled = REGISTRY[name]().run(contexts["distilled"])
     control = REGISTRY[name]().run(contexts["control"])
-    assert distilled.p_value < 0.01 < control.p_value
     assert distilled.effect_size > control.effect_size
+    assert distilled.p_value < control.p_value
+    assert control.p_value > 0.05
+    if not name.startswith(("text-", "idiosyncrasy-text")):
+        assert distilled.p_value < 0.01
 
 
 class FakeTextOnlyAdapter:
@@ -79,9 +90,15 @@ class FakeTextOnlyAdapter:
 def test_unmet_needs_are_reported_not_crashed_on(name: str, llama_dir: Path) -> None:
     detector = REGISTRY[name]()
     real = HFAdapter.load(str(llama_dir))
-    assert detector.unmet_needs({"teacher": [real], "student": [real], "reference": [real, real]}) is None
+    everything = {"teacher": [real], "student": [real], "reference": [real, real]}
+    assert detector.unmet_needs(everything, has_teacher_logs=True) is None
+    if REGISTRY[name].needs_teacher_logs:
+        assert "--teacher-logs" in str(detector.unmet_needs(everything, has_teacher_logs=False))
+    if REGISTRY[name].min_references:
+        assert "reference" in str(detector.unmet_needs({**everything, "reference": [real]}, has_teacher_logs=True))
     reason = detector.unmet_needs(
-        {"teacher": [real], "student": [FakeTextOnlyAdapter()], "reference": [real, real]}  # type: ignore[list-item]
+        {"teacher": [real], "student": [FakeTextOnlyAdapter()], "reference": [real, real]},  # type: ignore[list-item]
+        has_teacher_logs=True,
     )
     if REGISTRY[name].requires.get("student", frozenset()) - FakeTextOnlyAdapter.capabilities:
         assert reason is not None and "student" in reason

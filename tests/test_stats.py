@@ -114,3 +114,55 @@ def test_bootstrap_ci_covers_the_mean() -> None:
         lo, hi = stats.bootstrap_mean_ci(rng.normal(1.0, 1.0, 60), rng, n_boot=500)
         covered += lo <= 1.0 <= hi
     assert covered / 300 >= 0.9
+
+
+def test_holm_adjusts_step_down_and_keeps_order() -> None:
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.5])
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert stats.holm([]) == []
+    assert stats.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert stats.holm([0.02, 0.2]) == pytest.approx([0.04, 0.2])
+
+
+def test_planted_effect_power_check() -> None:
+    """An independent student: the data say nothing, but the planted check shows whether a student beating
+    the closest reference by the margin would have been caught with this many prompts and this panel."""
+    rng = np.random.default_rng(3)
+    student, refs = _simulate_panel(rng, n_prompts=200, k_refs=6, student_shift=0.0, model_sd=0.01)
+    big = stats.compare_to_panel(student, refs, rng, margin=0.2)
+    small = stats.compare_to_panel(student, refs, rng, margin=0.001)
+    assert big.p_value > 0.01
+    assert big.planted_p_value < 0.001 < small.planted_p_value
+
+
+def _choices(rng: np.random.Generator, bias: np.ndarray, sd: float) -> np.ndarray:
+    """One model's top-1 choice at every place: the language's shared preference plus the model's own quirks."""
+    return np.argmax(bias + rng.normal(0, sd, size=bias.shape), axis=-1)
+
+
+@pytest.mark.parametrize("copy", [0.0, 0.5])
+def test_leave_one_out_idiosyncrasy_is_valid_and_powerful(copy: float) -> None:
+    """The idiosyncrasy detector's selection (places where the *other* models disagree with the teacher)
+    keeps the student exchangeable with the references under the null, so the panel test stays valid;
+    a student copying the teacher's choices half the time is caught."""
+    from detectors.fingerprint import _leave_one_out
+
+    rng = np.random.default_rng(11)
+    n_sim, n_prompts, places, k_refs, alpha = 300, 40, 12, 4, 0.05
+    rejections = 0
+    for _ in range(n_sim):
+        bias = rng.normal(0, 1, size=(n_prompts, places, 5))
+        teacher = _choices(rng, bias, 1.0)
+        own = _choices(rng, bias, 1.0)
+        student = np.where(rng.random(own.shape) < copy, teacher, own)
+        models = {"student": student, **{f"r{j}": _choices(rng, bias, 1.0) for j in range(k_refs)}}
+        values = {name: np.empty(n_prompts) for name in models}
+        for i in range(n_prompts):
+            for name, v in _leave_one_out({n: c[i] for n, c in models.items()}, teacher[i]).items():
+                values[name][i] = v
+        refs = {n: v for n, v in values.items() if n != "student"}
+        rejections += stats.compare_to_panel(values["student"], refs, rng).p_value < alpha
+    if copy == 0.0:
+        assert rejections / n_sim <= _fpr_bound(alpha, n_sim)
+    else:
+        assert rejections / n_sim >= 0.9

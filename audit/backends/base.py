@@ -34,6 +34,9 @@ class ScoredText:
     topk_ids: np.ndarray  # int64 [n, k]; row i: the model's top-k for position i given tokens < i
     topk_logprobs: np.ndarray  # float32 [n, k]
     entropy: np.ndarray  # float32 [n], nats
+    # float32 [n]: variance of log p(z) over z ~ p at each position (Min-K%++ needs it); empty when the
+    # backend cannot give it
+    logprob_var: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
     @property
     def n_tokens(self) -> int:

@@ -322,17 +322,20 @@ class HFAdapter:
                 weights = logits.sub(peak).exp_()
                 total = weights.sum(dim=-1)
                 lse = peak[:, 0] + total.log()
-                entropy = lse - torch.linalg.vecdot(weights, logits) / total
+                mean_logit = torch.linalg.vecdot(weights, logits) / total
+                entropy = lse - mean_logit
+                # Var of log p under p equals Var of the logits under p (a shift); reuse the block in place.
+                logits_var = torch.linalg.vecdot(weights, logits.sub(mean_logit[:, None]).square_()) / total
                 tgt = targets[start : start + _HEAD_CHUNK].to(logits.device)
                 target_lp = logits.gather(1, tgt[:, None])[:, 0] - lse
                 top_vals, top_ids = logits.topk(k, dim=-1)
-                parts.append((target_lp, top_ids, top_vals - lse[:, None], entropy))
+                parts.append((target_lp, top_ids, top_vals - lse[:, None], entropy, logits_var))
         if parts:
-            all_lp, all_ids, all_top_lp, all_entropy = (
-                torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(4)
+            all_lp, all_ids, all_top_lp, all_entropy, all_var = (
+                torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(5)
             )
         else:
-            all_lp, all_entropy = np.zeros(0, np.float32), np.zeros(0, np.float32)
+            all_lp, all_entropy, all_var = (np.zeros(0, np.float32) for _ in range(3))
             all_ids, all_top_lp = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         results, cursor = [], 0
         for ids, offs in zip(encoded, offsets):
@@ -347,6 +350,7 @@ class HFAdapter:
                     topk_ids=np.concatenate([np.full((1, k), -1), all_ids[sl]]).astype(np.int64),
                     topk_logprobs=np.concatenate([np.full((1, k), np.nan), all_top_lp[sl]]).astype(np.float32),
                     entropy=np.concatenate([[np.nan], all_entropy[sl]]).astype(np.float32),
+                    logprob_var=np.concatenate([[np.nan], all_var[sl]]).astype(np.float32),
                 )
             )
         return results
@@ -441,6 +445,22 @@ class HFAdapter:
                 )
             )
         return results
+
+    def chat_prompt(self, user_message: str) -> str | None:
+        """The model's own chat template applied to one user turn, ready for generation; None without one."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+            )
+        except Exception:  # a template that cannot render one user turn: fall back to plain text
+            return None
+        bos = self.tokenizer.bos_token
+        # The template usually writes the BOS token itself; encoding adds it again otherwise.
+        if bos and isinstance(text, str) and text.startswith(bos):
+            text = text[len(bos):]
+        return str(text)
 
     def _continuation_text(self, prompt_ids: list[int], new_ids: list[int]) -> str:
         """The continuation as it reads after the prompt (decoding jointly keeps word boundaries right)."""

@@ -1,0 +1,189 @@
+"""Fingerprints: the teacher's idiosyncrasies, and what the student says about itself.
+
+Idiosyncrasy: where the teacher's choice departs from what other models choose, an independent
+model follows the crowd and a student distilled from the teacher follows the teacher. Those places
+carry the most information, but choosing them with a model's own outputs and then testing that model
+on them would be double dipping. Here each model's places are chosen by the *other* models only
+(leave-one-out over the student and the references): the selection for model j never looks at j's
+outputs, and because the rule treats the student and every reference alike, the student and the
+references stay exchangeable under the null and the panel test remains valid.
+
+Identity probes (chat models): "who made you?", "what model are you?". A student that answers with the
+teacher's name or maker is worth showing a reviewer, but the answer is not a test statistic: it is
+recorded as an observation, never turned into a p-value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from audit.backends.base import Capability, GenerateParams
+from detectors import textsim
+from detectors.base import Detector, DetectorContext, Evidence, ModelHandle
+from detectors.output_similarity import greedy
+from detectors.panel import PANEL_NULL, aligned_steps, panel_evidence, suspects, teacher_sampling, top_gaps
+
+SELECTION = (
+    "leave-one-out: the places scored for each model are those where fewer than half of the other models "
+    "(student and references, never the model itself) agree with the teacher"
+)
+
+
+@dataclass(frozen=True)
+class IdiosyncrasyParams:
+    max_new_tokens: int = 24
+    temperature: float = 1.0  # teacher sampling, shared with the token-level similarity detectors
+    n_words: int = 8  # text level: words of the teacher's greedy continuation examined
+    text_tokens: int = 32  # text level: continuation length in each model's own tokens
+    margin: float = 0.05
+    n_examples: int = 3
+
+
+def _leave_one_out(choices: dict[str, np.ndarray], teacher: np.ndarray) -> dict[str, float]:
+    """Per model: agreement with the teacher on the places where the *other* models mostly do not agree.
+
+    ``choices[name]`` holds the model's choice at each place (NaN-free ints or strings) and ``teacher`` the
+    teacher's; a model with no such place gets NaN.
+    """
+    agree = {name: (c == teacher) for name, c in choices.items()}
+    names = list(choices)
+    total = np.sum([agree[n] for n in names], axis=0)
+    out = {}
+    for name in names:
+        others = (total - agree[name]) / (len(names) - 1)
+        places = others < 0.5
+        out[name] = float(np.mean(agree[name][places])) if places.any() else np.nan
+    return out
+
+
+class TokenIdiosyncrasy(Detector):
+    name = "idiosyncrasy-tokens"
+    summary = "Where the teacher's top-1 token departs from the other models', the student follows the teacher"
+    requires = {
+        "teacher": frozenset({Capability.GENERATE, Capability.GENERATE_TOPK}),
+        "student": frozenset({Capability.SCORE_TOPK}),
+        "reference": frozenset({Capability.SCORE_TOPK}),
+    }
+    min_references = 2
+    same_tokenizer = True
+    Params = IdiosyncrasyParams
+    null = PANEL_NULL.format(what="likely to share the teacher's idiosyncratic next-token choices")
+
+    def run(self, ctx: DetectorContext) -> Evidence:
+        p: IdiosyncrasyParams = self.params
+        gen = teacher_sampling(ctx, p.max_new_tokens, p.temperature)
+        conts = ctx.generate(ctx.teacher, ctx.prompts, gen)
+        texts = [prompt + c.text for prompt, c in zip(ctx.prompts, conts)]
+        models = suspects(ctx)
+        scored = {m.name: ctx.score(m, texts) for m in models}
+        values = {m.name: np.full(len(texts), np.nan) for m in models}
+        places = 0
+        for i, c in enumerate(conts):
+            pos = aligned_steps(scored[ctx.student.name][i], c)
+            if pos is None:
+                continue
+            choices = {name: s[i].topk_ids[pos, 0] for name, s in scored.items()}
+            for name, v in _leave_one_out(choices, c.topk_ids[:, 0]).items():
+                values[name][i] = v
+            places += len(pos)
+
+        def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
+            return [{"prompt": ctx.prompts[i], "teacher": conts[i].text,
+                     "student_agreement_at_idiosyncrasies": round(float(student[i]), 4), "reference": ref_name,
+                     "reference_agreement_at_idiosyncrasies": round(float(ref[i]), 4)}
+                    for i in top_gaps(student, ref, p.n_examples)]
+
+        return panel_evidence(
+            self.name, ctx, values, null=self.null, statistic="agreement at the teacher's idiosyncrasies",
+            margin=p.margin, examples=examples,
+            details={"selection": SELECTION, "candidate_steps": places, "teacher_decoding": gen.to_dict()},
+        )
+
+
+class TextIdiosyncrasy(Detector):
+    name = "idiosyncrasy-text"
+    summary = "Where the teacher's greedy words depart from the other models', the student's words follow the teacher"
+    requires = {
+        "teacher": frozenset({Capability.GENERATE}),
+        "student": frozenset({Capability.GENERATE}),
+        "reference": frozenset({Capability.GENERATE}),
+    }
+    min_references = 2
+    Params = IdiosyncrasyParams
+    null = PANEL_NULL.format(what="likely to share the teacher's idiosyncratic word choices")
+
+    def run(self, ctx: DetectorContext) -> Evidence:
+        p: IdiosyncrasyParams = self.params
+        params = greedy(ctx, p.text_tokens)
+        teacher = [g.text for g in ctx.generate(ctx.teacher, ctx.prompts, params)]
+        models = suspects(ctx)
+        outputs = {m.name: [g.text for g in ctx.generate(m, ctx.prompts, params)] for m in models}
+        values = {m.name: np.full(len(teacher), np.nan) for m in models}
+        for i, t_text in enumerate(teacher):
+            t_words = textsim.words(t_text)[: p.n_words]
+            if not t_words:
+                continue
+            choices = {}
+            for m in models:
+                w = textsim.words(outputs[m.name][i])[: len(t_words)]
+                choices[m.name] = np.array(w + [""] * (len(t_words) - len(w)), dtype=object)
+            for name, v in _leave_one_out(choices, np.array(t_words, dtype=object)).items():
+                values[name][i] = v
+
+        def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
+            return [{"prompt": ctx.prompts[i], "teacher": teacher[i], "student": outputs[ctx.student.name][i],
+                     "reference": ref_name, "reference_output": outputs[ref_name][i]}
+                    for i in top_gaps(student, ref, p.n_examples)]
+
+        return panel_evidence(
+            self.name, ctx, values, null=self.null, statistic="word agreement at the teacher's idiosyncrasies",
+            margin=p.margin, examples=examples,
+            details={"selection": SELECTION, "decoding": params.to_dict(), "n_words": p.n_words},
+        )
+
+
+# -- identity probes: observations, not p-values --------------------------------------------------------
+
+IDENTITY_QUESTIONS = (
+    "Who created you?",
+    "What model are you?",
+    "What is your name?",
+    "Which company trained you?",
+    "Which large language model are you based on?",
+    "Who is your developer, and what is your model version?",
+)
+
+
+def identity_observations(model: ModelHandle, names: Sequence[str], engine: Any, seed: int,
+                          max_new_tokens: int = 48) -> dict[str, Any]:
+    """Ask the model who it is (greedy) and record each answer, marking those that name the teacher or its
+    maker. ``names`` are the teacher's names and its maker's, as the user gives them."""
+    adapter = model.adapter
+    if Capability.GENERATE not in adapter.capabilities:
+        return {"ran": False, "reason": f"the {model.role} backend cannot generate"}
+    format_chat = getattr(adapter, "chat_prompt", None)
+    prompts = []
+    for q in IDENTITY_QUESTIONS:
+        chat = format_chat(q) if callable(format_chat) else None
+        prompts.append(chat if chat is not None else f"Question: {q}\nAnswer:")
+    params = GenerateParams(max_new_tokens=max_new_tokens, do_sample=False, top_k=1, seed=seed)
+    answers = engine.generate(adapter, prompts, params)
+    patterns = [(n, re.compile(r"(?<!\w)" + re.escape(n) + r"(?!\w)", re.IGNORECASE)) for n in names if n.strip()]
+    rows = []
+    for q, a in zip(IDENTITY_QUESTIONS, answers):
+        named = [n for n, pat in patterns if pat.search(a.text)]
+        rows.append({"question": q, "answer": a.text, "names_teacher": named})
+    return {
+        "ran": True,
+        "model": model.name,
+        "chat_template": any(callable(format_chat) and format_chat(q) is not None for q in IDENTITY_QUESTIONS[:1]),
+        "teacher_names": list(names),
+        "answers": rows,
+        "answers_naming_teacher": sum(bool(r["names_teacher"]) for r in rows),
+        "note": "Self-descriptions are shown as observations, not as evidence with a p-value: a model may "
+                "name another because that name filled its training data, distilled or not.",
+    }

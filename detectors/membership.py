@@ -1,0 +1,217 @@
+"""Membership: did the teacher's text reach the student's training data?
+
+teacher-text-likelihood (no logs needed; any tokenizers, since everything is in bits per byte): every
+model writes a continuation of every probe (seeded sampling), and every suspect model (the student and
+each reference) reads the teacher's continuation and the other suspects' continuations. A student
+trained on the teacher's text finds the teacher's writing easier than other models' writing, relative
+to how independent models find it. Each model reads only the *other* models' writing, never its own
+(models find their own samples easy), with one rule for the student and the references alike, so they
+stay exchangeable under the null and the panel test applies.
+
+logged-vs-fresh (needs ``--teacher-logs``; no reference model at all): the student reads teacher answers
+that may have been used to train it (the log) and fresh teacher answers to the same prompts. If the
+student never saw the log, the two answers to a prompt are exchangeable for it, so the per-prompt
+difference of its scores is symmetric about zero and a one-sided Wilcoxon signed-rank test gives a
+p-value with no model-class assumption. Scores: loss, Min-K%++ (Zhang et al. 2024) and zlib-normalised
+loss (Carlini et al. 2021); one is the test, chosen beforehand, the others are shown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from audit import stats
+from audit.backends.base import Capability, ScoredText
+from detectors import textsim
+from detectors.base import Detector, DetectorContext, Evidence
+from detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_sampling, top_gaps
+
+
+@dataclass(frozen=True)
+class LikelihoodParams:
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    margin: float = 0.02  # bits per byte
+    n_examples: int = 3
+
+
+class TeacherTextLikelihood(Detector):
+    name = "teacher-text-likelihood"
+    summary = "The student finds the teacher's writing easier (bits per byte) than other models' writing, beyond the references"
+    requires = {
+        "teacher": frozenset({Capability.GENERATE}),
+        "student": frozenset({Capability.GENERATE, Capability.SCORE}),
+        "reference": frozenset({Capability.GENERATE, Capability.SCORE}),
+    }
+    min_references = 2
+    Params = LikelihoodParams
+    null = PANEL_NULL.format(what="at ease with the teacher's text (in bits per byte, relative to other models' text)")
+
+    def run(self, ctx: DetectorContext) -> Evidence:
+        p: LikelihoodParams = self.params
+        params = teacher_sampling(ctx, p.max_new_tokens, p.temperature)
+        models = suspects(ctx)
+        writers = {"teacher": ctx.teacher, **{m.name: m for m in models}}
+        writing = {name: [g.text for g in ctx.generate(m, ctx.prompts, params)] for name, m in writers.items()}
+        texts = {name: [prompt + c for prompt, c in zip(ctx.prompts, conts)] for name, conts in writing.items()}
+        bpb: dict[tuple[str, str], np.ndarray] = {}  # (reader, writer) -> per prompt
+        for reader in models:
+            for writer in writers:
+                if writer == reader.name:
+                    continue
+                scored = ctx.score(reader, texts[writer])
+                bpb[reader.name, writer] = np.array(
+                    [textsim.bits_per_byte(s, len(prompt), t) for s, prompt, t in zip(scored, ctx.prompts, texts[writer])]
+                )
+        values = {}
+        for reader in models:
+            others = [bpb[reader.name, w] for w in writers if w not in ("teacher", reader.name)]
+            values[reader.name] = np.mean(others, axis=0) - bpb[reader.name, "teacher"]
+
+        def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
+            s_name = ctx.student.name
+            return [{"prompt": ctx.prompts[i], "teacher": writing["teacher"][i],
+                     "student_bits_per_byte_on_teacher_text": round(float(bpb[s_name, "teacher"][i]), 4),
+                     "reference": ref_name,
+                     "reference_bits_per_byte_on_teacher_text": round(float(bpb[ref_name, "teacher"][i]), 4)}
+                    for i in top_gaps(student, ref, p.n_examples)]
+
+        return panel_evidence(
+            self.name, ctx, values, null=self.null,
+            statistic="bits-per-byte advantage on the teacher's text", margin=p.margin, examples=examples,
+            details={
+                "sampling": params.to_dict(),
+                "mean_bits_per_byte_on_teacher_text": {m.name: float(np.nanmean(bpb[m.name, "teacher"])) for m in models},
+                "reading": "each model reads the teacher's text and every other suspect model's text, never its own",
+            },
+        )
+
+
+# -- logged vs fresh -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoggedParams:
+    score: str = "loss"  # loss | min-k++ | zlib: the test statistic, fixed before looking
+    min_k_fraction: float = 0.2  # Min-K%++: the share of lowest-scoring tokens averaged
+    margin: float = float("nan")  # nan: the score's default (see MARGINS)
+    n_examples: int = 3
+
+
+MARGINS = {"loss": 0.02, "min-k++": 0.05, "zlib": 0.005}
+SCORES = tuple(MARGINS)
+
+
+def _completion_positions(scored: ScoredText, prompt_chars: int) -> np.ndarray:
+    idx = np.nonzero(scored.offsets[:, 1] > prompt_chars)[0]
+    return idx[idx >= 1]
+
+
+def membership_scores(scored: ScoredText, prompt: str, completion: str, min_k_fraction: float,
+                      n_tokens: int | None = None) -> dict[str, float]:
+    """Higher means "looks more like training data" for every score.
+
+    ``n_tokens``: score only the completion's first ``n_tokens`` tokens, so both answers of a pair are
+    scored on equally many tokens (per-token scores drift with length; a length difference between logged
+    and fresh answers must not pass for membership)."""
+    pos = _completion_positions(scored, len(prompt))[:n_tokens]
+    if pos.size == 0:
+        return {s: math.nan for s in SCORES}
+    lp = scored.target_logprob[pos].astype(np.float64)
+    out = {"loss": float(lp.mean())}  # minus the loss (nats per token)
+    nll_bits = float(-lp.sum() / math.log(2))
+    scored_text = (prompt + completion)[: int(scored.offsets[pos[-1], 1])][len(prompt):]
+    out["zlib"] = -nll_bits / textsim.zlib_bits(scored_text or completion)
+    if scored.logprob_var.size == scored.n_tokens:
+        mu = -scored.entropy[pos].astype(np.float64)
+        sd = np.sqrt(np.maximum(scored.logprob_var[pos].astype(np.float64), 1e-12))
+        z = np.sort((lp - mu) / sd)
+        k = max(1, int(math.ceil(min_k_fraction * z.size)))
+        out["min-k++"] = float(z[:k].mean())
+    else:
+        out["min-k++"] = math.nan
+    return out
+
+
+class LoggedVsFresh(Detector):
+    name = "logged-vs-fresh"
+    summary = "The student finds logged teacher answers easier than fresh answers to the same prompts (paired, no references)"
+    requires = {"student": frozenset({Capability.SCORE, Capability.SCORE_TOPK})}
+    needs_teacher_logs = True
+    Params = LoggedParams
+    null = (
+        "The student never trained on the logged teacher answers: for each prompt, its score on the logged answer "
+        "and on a fresh answer drawn the same way are exchangeable."
+    )
+
+    def run(self, ctx: DetectorContext) -> Evidence:
+        p: LoggedParams = self.params
+        if p.score not in MARGINS:
+            raise ValueError(f"unknown membership score {p.score!r}; known: {', '.join(SCORES)}")
+        margin = MARGINS[p.score] if math.isnan(p.margin) else p.margin
+        pairs = ctx.teacher_logs
+        assert pairs is not None  # the runner skips this detector without logs
+        logged_texts = [o.prompt + o.completion for o in pairs.logged]
+        fresh_texts = [o.prompt + o.completion for o in pairs.fresh]
+        logged_scored = ctx.score(ctx.student, logged_texts)
+        fresh_scored = ctx.score(ctx.student, fresh_texts)
+
+        lengths = [
+            min(_completion_positions(a, len(o.prompt)).size, _completion_positions(b, len(o.prompt)).size)
+            for a, b, o in zip(logged_scored, fresh_scored, pairs.logged)
+        ]
+
+        def table(scored: list[ScoredText], outputs: Any) -> dict[str, np.ndarray]:
+            rows = [membership_scores(s, o.prompt, o.completion, p.min_k_fraction, n)
+                    for s, o, n in zip(scored, outputs, lengths)]
+            return {name: np.array([r[name] for r in rows]) for name in SCORES}
+
+        logged, fresh = table(logged_scored, pairs.logged), table(fresh_scored, pairs.fresh)
+        per_score = {name: stats.paired_greater(logged[name], fresh[name]) for name in SCORES}
+        test = per_score[p.score]
+        diff = logged[p.score] - fresh[p.score]
+        diff = diff[np.isfinite(diff)]
+        ci_low, ci_high = stats.bootstrap_mean_ci(diff, ctx.rng(self.name))
+        planted = stats.paired_greater(diff - diff.mean() + margin, np.zeros_like(diff)).p_value if diff.size else math.nan
+        return Evidence(
+            detector=self.name,
+            test="one-sided Wilcoxon signed-rank test on per-prompt score differences (logged minus fresh), both "
+                 "answers of a pair scored on the same number of tokens",
+            null=self.null,
+            statistic=test.statistic,
+            statistic_name="Wilcoxon W+",
+            p_value=test.p_value,
+            effect_size=float(diff.mean()) if diff.size else math.nan,
+            effect_size_name=f"mean {p.score} advantage of the logged answers over fresh ones (higher: more member-like)",
+            ci_low=ci_low,
+            ci_high=ci_high,
+            ci_level=0.95,
+            n=int(diff.size),
+            rules_out=bool(np.isfinite(ci_high) and ci_high < margin),
+            margin=margin,
+            planted_p_value=planted,
+            examples=self._examples(pairs, logged[p.score] - fresh[p.score], p.n_examples),
+            details={
+                "score": p.score,
+                "other_scores_p_value": {k: t.p_value for k, t in per_score.items() if k != p.score},
+                "mean_logged": {k: _nanmean(v) for k, v in logged.items()},
+                "mean_fresh": {k: _nanmean(v) for k, v in fresh.items()},
+                "logs": pairs.to_dict(),
+                "smallest_possible_p_value": 0.5 ** diff.size if diff.size else 1.0,
+            },
+        )
+
+    @staticmethod
+    def _examples(pairs: Any, gap: np.ndarray, n: int) -> tuple[dict[str, Any], ...]:
+        return tuple({"prompt": pairs.logged[i].prompt, "logged": pairs.logged[i].completion,
+                      "fresh": pairs.fresh[i].completion, "log_line": pairs.logged[i].line,
+                      "score_advantage": round(float(gap[i]), 4)} for i in top_gaps(gap, np.zeros_like(gap), n))
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan

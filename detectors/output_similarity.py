@@ -1,0 +1,246 @@
+"""Output similarity: is the student's output more like the teacher's than independent models' are?
+
+Token level (one shared tokenizer; the teacher needs only top-k log-probs of its own generated tokens,
+so it works gray-box): the teacher continues every probe with seeded sampling, and on each generated
+step the student's and each reference's next-token distribution (scored on the same text) is compared
+with the teacher's: top-1 agreement, top-k overlap, Jensen-Shannon divergence.
+
+Text level (any tokenizers, black-box: the teacher only has to answer): every model continues every
+probe greedily and the continuations are compared with the teacher's as words and as characters.
+
+Each detector gives, per prompt, one similarity per model; the test is the panel comparison of
+:mod:`detectors.panel`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from audit.backends.base import Capability, GenerateParams
+from detectors import textsim
+from detectors.base import Detector, DetectorContext, Evidence
+from detectors.panel import PANEL_NULL, aligned_steps, panel_evidence, suspects, teacher_sampling, top_gaps
+
+# -- token level -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenParams:
+    max_new_tokens: int = 24  # teacher continuation length per probe
+    temperature: float = 1.0  # teacher sampling temperature (seeded); 0 means greedy
+    margin: float = 0.05  # an excess below this is too small to call distillation
+    top_k: int = 5  # for top-k overlap
+    n_examples: int = 3
+
+
+class _TokenLevel(Detector):
+    """Per generated step of the teacher, a similarity between a model's distribution and the teacher's."""
+
+    requires = {
+        "teacher": frozenset({Capability.GENERATE, Capability.GENERATE_TOPK}),
+        "student": frozenset({Capability.SCORE_TOPK}),
+        "reference": frozenset({Capability.SCORE_TOPK}),
+    }
+    min_references = 2
+    same_tokenizer = True
+    Params = TokenParams
+    statistic: ClassVar[str]
+
+    def step_similarity(self, t_ids: np.ndarray, t_lp: np.ndarray, m_ids: np.ndarray, m_lp: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, ctx: DetectorContext) -> Evidence:
+        p: TokenParams = self.params
+        gen = teacher_sampling(ctx, p.max_new_tokens, p.temperature)
+        continuations = ctx.generate(ctx.teacher, ctx.prompts, gen)
+        texts = [prompt + c.text for prompt, c in zip(ctx.prompts, continuations)]
+        values: dict[str, np.ndarray] = {}
+        steps: list[np.ndarray | None] = []
+        for model in suspects(ctx):
+            scored = ctx.score(model, texts)
+            if not steps:
+                steps = [aligned_steps(s, c) for s, c in zip(scored, continuations)]
+            per_prompt = np.full(len(texts), np.nan)
+            for i, (s, c, pos) in enumerate(zip(scored, continuations, steps)):
+                if pos is None:
+                    continue
+                sim = self.step_similarity(c.topk_ids, c.topk_logprobs, s.topk_ids[pos], s.topk_logprobs[pos])
+                per_prompt[i] = float(np.mean(sim))
+            values[model.name] = per_prompt
+
+        def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
+            return [
+                {
+                    "prompt": ctx.prompts[i],
+                    "teacher": continuations[i].text,
+                    f"student_{self.statistic_key}": round(float(student[i]), 4),
+                    "reference": ref_name,
+                    f"reference_{self.statistic_key}": round(float(ref[i]), 4),
+                }
+                for i in top_gaps(student, ref, p.n_examples)
+            ]
+
+        return panel_evidence(
+            self.name, ctx, values, null=self.null, statistic=self.statistic, margin=p.margin, examples=examples,
+            details={
+                "scored_steps": int(sum(len(s) for s in steps if s is not None)),
+                "prompts_left_out": sum(s is None for s in steps),
+                "teacher_decoding": gen.to_dict(),
+            },
+        )
+
+    @property
+    def statistic_key(self) -> str:
+        return self.statistic.split(" (")[0].replace(" ", "_").replace("-", "_")
+
+
+class NextTokenAgreement(_TokenLevel):
+    name = "next-token-agreement"
+    summary = "The student's top-1 next token on the teacher's continuations matches the teacher's more than any reference's"
+    statistic = "top-1 agreement"
+    null = PANEL_NULL.format(what="likely to pick the teacher's top-1 next token")
+
+    def step_similarity(self, t_ids: np.ndarray, t_lp: np.ndarray, m_ids: np.ndarray, m_lp: np.ndarray) -> np.ndarray:
+        return (m_ids[:, 0] == t_ids[:, 0]).astype(float)
+
+
+class TopKOverlap(_TokenLevel):
+    name = "top-k-overlap"
+    summary = "The student's k most likely next tokens overlap the teacher's more than any reference's do"
+    statistic = "top-k overlap"
+    null = PANEL_NULL.format(what="overlapping with the teacher's top-k next tokens")
+
+    def step_similarity(self, t_ids: np.ndarray, t_lp: np.ndarray, m_ids: np.ndarray, m_lp: np.ndarray) -> np.ndarray:
+        k = min(self.params.top_k, t_ids.shape[1], m_ids.shape[1])
+        hits = (m_ids[:, :k, None] == t_ids[:, None, :k]).any(-1).sum(-1)
+        return hits / k
+
+
+@dataclass(frozen=True)
+class JSParams(TokenParams):
+    margin: float = 0.03  # in 1 - JSD (bits)
+
+
+class JensenShannon(_TokenLevel):
+    name = "js-divergence"
+    summary = "The student's next-token distribution is closer (Jensen-Shannon) to the teacher's than any reference's"
+    statistic = "1 - JS divergence (bits)"
+    null = PANEL_NULL.format(what="close to the teacher's next-token distribution")
+    Params = JSParams
+
+    def step_similarity(self, t_ids: np.ndarray, t_lp: np.ndarray, m_ids: np.ndarray, m_lp: np.ndarray) -> np.ndarray:
+        return np.array([1.0 - topk_js_divergence(t_ids[j], t_lp[j], m_ids[j], m_lp[j]) for j in range(len(t_ids))])
+
+
+def topk_js_divergence(a_ids: np.ndarray, a_lp: np.ndarray, b_ids: np.ndarray, b_lp: np.ndarray) -> float:
+    """Jensen-Shannon divergence (bits, in [0, 1]) of two next-token distributions known by their top-k.
+
+    Both are coarsened onto the same categories: the union of the two top-k lists plus "everything else".
+    A token outside one model's top-k gets the smaller of that model's k-th probability and an equal share
+    of its remaining mass; "everything else" takes what is left. Coarsening never increases the
+    divergence, and every model is measured against the teacher the same way.
+    """
+    union = list(dict.fromkeys([*a_ids.tolist(), *b_ids.tolist()]))
+
+    def coarse(ids: np.ndarray, lp: np.ndarray) -> np.ndarray:
+        probs = dict(zip(ids.tolist(), np.exp(lp.astype(float)).tolist()))
+        rest = max(0.0, 1.0 - sum(probs.values()))
+        unknown = [t for t in union if t not in probs]
+        fill = min(min(probs.values()), rest / (len(unknown) + 1)) if unknown else 0.0
+        vec = np.array([probs.get(t, fill) for t in union] + [0.0])
+        vec[-1] = max(0.0, 1.0 - vec[:-1].sum())
+        return vec / vec.sum()
+
+    p, q = coarse(a_ids, a_lp), coarse(b_ids, b_lp)
+    m = 0.5 * (p + q)
+
+    def kl(x: np.ndarray) -> float:
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
+
+    return min(1.0, max(0.0, 0.5 * kl(p) + 0.5 * kl(q)))
+
+
+# -- text level ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextParams:
+    max_new_tokens: int = 32  # continuation length per probe, in each model's own tokens
+    n_words: int = 8  # words of the teacher's continuation compared
+    n_chars: int = 64  # characters of each continuation compared by edit similarity
+    margin: float = 0.05
+    n_examples: int = 3
+
+
+def greedy(ctx: DetectorContext, max_new_tokens: int) -> GenerateParams:
+    return GenerateParams(max_new_tokens=max_new_tokens, do_sample=False, top_k=1, seed=ctx.seed)
+
+
+class _TextLevel(Detector):
+    requires = {
+        "teacher": frozenset({Capability.GENERATE}),
+        "student": frozenset({Capability.GENERATE}),
+        "reference": frozenset({Capability.GENERATE}),
+    }
+    min_references = 2
+    Params = TextParams
+    statistic: ClassVar[str]
+
+    def similarity(self, teacher: str, other: str) -> float:
+        raise NotImplementedError
+
+    def run(self, ctx: DetectorContext) -> Evidence:
+        p: TextParams = self.params
+        params = greedy(ctx, p.max_new_tokens)
+        teacher = [g.text for g in ctx.generate(ctx.teacher, ctx.prompts, params)]
+        outputs: dict[str, list[str]] = {m.name: [g.text for g in ctx.generate(m, ctx.prompts, params)] for m in suspects(ctx)}
+        values = {
+            name: np.array([self.similarity(t, o) for t, o in zip(teacher, texts)]) for name, texts in outputs.items()
+        }
+
+        def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
+            return [
+                {
+                    "prompt": ctx.prompts[i],
+                    "teacher": teacher[i],
+                    "student": outputs[ctx.student.name][i],
+                    "reference": ref_name,
+                    "reference_output": outputs[ref_name][i],
+                    "student_similarity": round(float(student[i]), 4),
+                    "reference_similarity": round(float(ref[i]), 4),
+                }
+                for i in top_gaps(student, ref, p.n_examples)
+            ]
+
+        return panel_evidence(
+            self.name, ctx, values, null=self.null, statistic=self.statistic, margin=p.margin, examples=examples,
+            details={"decoding": params.to_dict(), "n_words": p.n_words, "n_chars": p.n_chars},
+        )
+
+
+class TextWordAgreement(_TextLevel):
+    name = "text-word-agreement"
+    summary = "The student's greedy continuations repeat the teacher's words, position by position, more than any reference's"
+    statistic = "word agreement"
+    null = PANEL_NULL.format(what="likely to continue a prompt with the teacher's words")
+
+    def similarity(self, teacher: str, other: str) -> float:
+        return textsim.word_agreement(textsim.words(teacher)[: self.params.n_words], textsim.words(other))
+
+
+class TextEditSimilarity(_TextLevel):
+    name = "text-edit-similarity"
+    summary = "The student's greedy continuations are closer in edit distance to the teacher's than any reference's"
+    statistic = "edit similarity"
+    null = PANEL_NULL.format(what="close in characters to the teacher's continuations")
+
+    def similarity(self, teacher: str, other: str) -> float:
+        n = self.params.n_chars
+        a, b = textsim.normalise(teacher)[:n], textsim.normalise(other)[:n]
+        return math.nan if not a else textsim.edit_similarity(a, b)
+

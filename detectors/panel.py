@@ -1,0 +1,117 @@
+"""What the panel-based detectors share: one per-prompt similarity per model, one test against the panel.
+
+A panel detector computes, for the student and for every reference, a per-prompt measure of how
+teacher-like that model is. The null is "the student is no more teacher-like than an independent
+model", tested by :func:`audit.stats.compare_to_panel` (prompt-level Wilcoxon against every reference
+and a model-level prediction test against the spread of the panel; both must reject).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from audit import stats
+from audit.backends.base import GenerateParams, Generation, ScoredText
+from detectors.base import DetectorContext, Evidence, ModelHandle
+
+PANEL_TEST = (
+    "intersection-union of (a) one-sided Wilcoxon signed-rank across prompts against each reference and "
+    "(b) one-sided t prediction test of the student's mean against the reference panel"
+)
+PANEL_NULL = (
+    "The student is no more {what} than an independent model: no higher than the most teacher-like "
+    "reference across prompts, or within the spread of the reference panel."
+)
+
+
+def suspects(ctx: DetectorContext) -> tuple[ModelHandle, ...]:
+    """The models whose teacher-likeness is measured: the student first, then the references."""
+    return (ctx.student, *ctx.references)
+
+
+def panel_evidence(
+    name: str,
+    ctx: DetectorContext,
+    values: Mapping[str, np.ndarray],
+    *,
+    null: str,
+    statistic: str,
+    margin: float,
+    details: Mapping[str, Any] | None = None,
+    examples: Callable[[np.ndarray, np.ndarray, str], Sequence[Mapping[str, Any]]] | None = None,
+) -> Evidence:
+    """Evidence from per-prompt values keyed by model name (the student's under ``ctx.student.name``).
+
+    ``examples(student, closest_reference, closest_name)`` picks the prompts to show."""
+    student = values[ctx.student.name]
+    refs = {r.name: values[r.name] for r in ctx.references}
+    cmp = stats.compare_to_panel(student, refs, ctx.rng(name), margin=margin)
+    return Evidence(
+        detector=name,
+        test=PANEL_TEST,
+        null=null,
+        statistic=cmp.panel.statistic,
+        statistic_name=f"panel prediction t ({cmp.panel.df} df)",
+        p_value=cmp.p_value,
+        effect_size=cmp.effect,
+        effect_size_name=f"mean {statistic} excess over the most teacher-like reference ({cmp.closest})",
+        ci_low=cmp.ci_low,
+        ci_high=cmp.ci_high,
+        ci_level=0.95,
+        n=cmp.n,
+        rules_out=bool(np.isfinite(cmp.ci_high) and cmp.ci_high < margin),
+        margin=margin,
+        planted_p_value=cmp.planted_p_value,
+        examples=tuple(examples(student, refs[cmp.closest], cmp.closest)) if examples and cmp.n else (),
+        details={
+            "statistic": statistic,
+            "student_mean": cmp.student_mean,
+            "reference_means": cmp.reference_means,
+            "per_reference_p_value": {k: t.p_value for k, t in cmp.per_reference.items()},
+            "per_reference_wilcoxon_w": {k: t.statistic for k, t in cmp.per_reference.items()},
+            "prompt_test_p_value": cmp.p_prompts,
+            "panel_test_p_value": cmp.panel.p_value,
+            "per_prompt": {k: _round_list(v) for k, v in values.items()},
+            **(details or {}),
+        },
+    )
+
+
+def top_gaps(student: np.ndarray, reference: np.ndarray, n: int) -> list[int]:
+    """Prompts where the student is most teacher-like beyond the reference (finite values only)."""
+    gap = np.nan_to_num(np.asarray(student, float) - np.asarray(reference, float), nan=-np.inf)
+    return [int(i) for i in np.argsort(-gap, kind="stable") if np.isfinite(gap[i])][:n]
+
+
+def _round_list(values: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else round(float(v), 6) for v in np.asarray(values, float)]
+
+
+# -- teacher continuations shared by the token-level detectors -------------------------------------------
+
+def teacher_sampling(ctx: DetectorContext, max_new_tokens: int, temperature: float) -> GenerateParams:
+    """Seeded sampling (or greedy at temperature 0), keeping as many alternatives as scoring does, so every
+    token-level detector shares one teacher generation."""
+    return GenerateParams(
+        max_new_tokens=max_new_tokens,
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else 1.0,
+        top_k=ctx.engine.score_top_k,
+        seed=ctx.seed,
+    )
+
+
+def aligned_steps(scored: ScoredText, generation: Generation) -> np.ndarray | None:
+    """Positions of ``scored`` (prompt + continuation, re-tokenised) that are the teacher's generated steps.
+
+    When re-tokenising the joined text does not give back the prompt's tokens followed by exactly the
+    generated tokens (a merge across the boundary), the prompt is left out: None. Whether it is left out
+    depends only on the teacher's text and the shared tokenizer, the same for every model compared.
+    """
+    m = int(generation.token_ids.shape[0])
+    n = scored.n_tokens
+    if m == 0 or m >= n or not np.array_equal(scored.token_ids[n - m :], generation.token_ids):
+        return None
+    return np.arange(n - m, n)
