@@ -258,6 +258,8 @@ def list_detectors() -> None:
         extra = [f"at least {cls.min_references} reference(s)"] if cls.min_references else []
         if cls.same_tokenizer:
             extra.append("one tokenizer shared by all models")
+        if cls.needs_teacher_logs:
+            extra.append("logged teacher outputs (--teacher-logs)")
         if extra:
             click.echo(f"  also:     {'; '.join(extra)}")
 

@@ -67,10 +67,7 @@ class TeacherTextLikelihood(Detector):
                 bpb[reader.name, writer] = np.array(
                     [textsim.bits_per_byte(s, len(prompt), t) for s, prompt, t in zip(scored, ctx.prompts, texts[writer])]
                 )
-        values = {}
-        for reader in models:
-            others = [bpb[reader.name, w] for w in writers if w not in ("teacher", reader.name)]
-            values[reader.name] = np.mean(others, axis=0) - bpb[reader.name, "teacher"]
+        values = reading_advantage(bpb, [m.name for m in models])
 
         def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
             s_name = ctx.student.name
@@ -89,6 +86,18 @@ class TeacherTextLikelihood(Detector):
                 "reading": "each model reads the teacher's text and every other suspect model's text, never its own",
             },
         )
+
+
+def reading_advantage(bpb: dict[tuple[str, str], np.ndarray], readers: list[str]) -> dict[str, np.ndarray]:
+    """Per reader and prompt: mean bits per byte on the other readers' writing minus on the teacher's.
+
+    ``bpb[reader, writer]``; writers are "teacher" and the readers. A reader never reads its own writing,
+    and the rule is the same for every reader, so exchangeable readers get exchangeable values."""
+    out = {}
+    for reader in readers:
+        others = [bpb[reader, w] for w in readers if w != reader]
+        out[reader] = np.mean(others, axis=0) - bpb[reader, "teacher"]
+    return out
 
 
 # -- logged vs fresh -------------------------------------------------------------------------------------

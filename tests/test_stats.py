@@ -166,3 +166,34 @@ def test_leave_one_out_idiosyncrasy_is_valid_and_powerful(copy: float) -> None:
         assert rejections / n_sim <= _fpr_bound(alpha, n_sim)
     else:
         assert rejections / n_sim >= 0.9
+
+
+@pytest.mark.parametrize("familiar", [0.0, 0.3])
+def test_reading_design_is_valid_and_powerful(familiar: float) -> None:
+    """teacher-text-likelihood: every model reads every other model's text and the teacher's. Models differ
+    in overall skill (bits per byte on everything) and texts in difficulty; under the null the student is one
+    more independent model. A student that trained on the teacher's text finds it easier by ``familiar``."""
+    from detectors.membership import reading_advantage
+
+    rng = np.random.default_rng(5)
+    n_sim, n_prompts, k_refs, alpha = 300, 60, 4, 0.05
+    rejections = 0
+    for _ in range(n_sim):
+        readers = ["student", *(f"r{j}" for j in range(k_refs))]
+        writers = ["teacher", *readers]
+        skill = {r: rng.normal(2.0, 0.2) for r in readers}
+        difficulty = {w: rng.normal(0, 0.3, size=n_prompts) for w in writers}
+        style = {(r, w): rng.normal(0, 0.05) for r in readers for w in writers}  # reader-writer kinship
+        bpb = {}
+        for r in readers:
+            for w in writers:
+                if r != w:
+                    bpb[r, w] = skill[r] + difficulty[w] + style[r, w] + rng.normal(0, 0.2, size=n_prompts)
+        bpb["student", "teacher"] = bpb["student", "teacher"] - familiar
+        values = reading_advantage(bpb, readers)
+        refs = {r: values[r] for r in readers[1:]}
+        rejections += stats.compare_to_panel(values["student"], refs, rng).p_value < alpha
+    if familiar == 0.0:
+        assert rejections / n_sim <= _fpr_bound(alpha, n_sim)
+    else:
+        assert rejections / n_sim >= 0.9
