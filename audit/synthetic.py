@@ -79,6 +79,48 @@ class Grammar:
         return out
 
 
+def _unigram_pieces(sentences: Sequence[str], n_pieces: int, pre_tokenizer: Any, rounds: int = 4) -> list[tuple[str, float]]:
+    """A Unigram vocabulary (piece, log-probability) learnt from ``sentences``, deterministically.
+
+    The tokenizers library's UnigramTrainer orders equal pieces by hash-map order, so it gives different
+    ids on every run; this is a small stand-in with the same shape: seed pieces (every ASCII character,
+    the word marker, and the most frequent substrings of words), then rounds of Viterbi segmentation,
+    re-estimating each piece's probability from its use and dropping the least used multi-character
+    pieces, ties broken by the piece itself."""
+    import string
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models
+
+    words: Counter[str] = Counter(w for s in sentences for w, _ in pre_tokenizer.pre_tokenize_str(s))
+    chars = sorted(set(string.ascii_letters + string.digits + string.punctuation + "\u2581") | {c for w in words for c in w})
+    subs: Counter[str] = Counter()
+    for word, n in words.items():
+        for i in range(len(word)):
+            for j in range(i + 2, min(len(word), i + 12) + 1):
+                subs[word[i:j]] += n
+    n_multi = max(0, n_pieces - len(chars))
+    multi = sorted(subs, key=lambda p: (-subs[p] * (len(p) - 1), p))[: 4 * n_multi]
+    usage: dict[str, float] = {p: float(subs[p]) for p in multi}
+    usage.update({c: 1.0 + sum(n * w.count(c) for w, n in words.items()) for c in chars})
+    for round_no in range(rounds + 1):
+        if round_no > 0:  # keep the most used multi-character pieces, shrinking towards n_multi
+            keep = max(n_multi, len(multi) // 2) if round_no < rounds else n_multi
+            multi = sorted(multi, key=lambda p: (-usage[p], p))[:keep]
+        total = sum(usage[p] for p in chars + multi)
+        vocab = [(p, math.log(max(usage[p], 0.1) / total)) for p in chars + multi]
+        model = Tokenizer(models.Unigram(vocab, unk_id=None)).model
+        used: Counter[str] = Counter()
+        for word, n in words.items():
+            for token in model.tokenize(word):
+                used[token.value] += n
+        usage = {p: float(used[p]) for p in chars + multi}
+        for c in chars:
+            usage[c] += 1.0  # every character stays reachable
+    total = sum(usage.values())
+    return [(p, math.log(max(usage[p], 0.1) / total)) for p in chars + sorted(multi, key=lambda p: (-usage[p], p))]
+
+
 TOKENIZER_KINDS = ("bpe", "unigram")
 
 
@@ -87,11 +129,13 @@ def build_tokenizer(grammar: Grammar, directory: Path, kind: str = "bpe", vocab_
 
     ``kind="bpe"`` (default): byte-level BPE, vocabulary up to 512 (any text still encodes, byte by byte).
     ``kind="unigram"``: a Unigram model over whitespace-marked words (Metaspace), vocabulary 192 by default,
-    so the same text gets different ids and segmentation; characters outside ASCII map to <unk>.
+    so the same text gets different ids and segmentation; characters outside ASCII map to <unk>. Its pieces
+    come from :func:`_unigram_pieces`, deterministic where the tokenizers library's trainer is not.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    trainer: Any = None
     if kind == "bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -104,22 +148,19 @@ def build_tokenizer(grammar: Grammar, directory: Path, kind: str = "bpe", vocab_
         )
         extra: dict[str, str] = {}
     elif kind == "unigram":
-        import string
-
-        tok = Tokenizer(models.Unigram())
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size or 192,
-            special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-            unk_token="<unk>",
-            initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
-            show_progress=False,
-        )
+        specials = ["<pad>", "<s>", "</s>", "<unk>"]
+        metaspace: dict[str, Any] = {"replacement": "\u2581", "prepend_scheme": "first"}
+        pieces = _unigram_pieces(grammar.sentences(4000, seed=10_000), (vocab_size or 192) - len(specials),
+                                 pre_tokenizers.Metaspace(**metaspace))
+        tok = Tokenizer(models.Unigram([(t, 0.0) for t in specials] + pieces, unk_id=specials.index("<unk>")))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(**metaspace)
+        tok.decoder = decoders.Metaspace(**metaspace)
+        tok.add_special_tokens(specials)
         extra = {"unk_token": "<unk>"}
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
-    tok.train_from_iterator(grammar.sentences(4000, seed=10_000), trainer)
+    if trainer is not None:
+        tok.train_from_iterator(grammar.sentences(4000, seed=10_000), trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )

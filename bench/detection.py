@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
           f"ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     report: dict[str, Any] = {}
     for mode in args.modes.split(","):
-        rows = []
-        control_rows = []
+        rows: list[dict[str, Any]] = []
+        control_rows: list[dict[str, Any]] = []
         for pair in pairs:
             t1 = time.perf_counter()
             world = by_world[pair.world]
