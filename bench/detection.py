@@ -1,12 +1,15 @@
 """Detection benchmark: every detector and the verdict on a labelled zoo of teacher/student pairs.
 
-    python bench/detection.py [--root DIR] [--modes white,gray,black] [--json out.json]
+    python bench/detection.py [--root DIR] [--modes white,gray,black] [--panels independent,data-matched]
+                              [--json out.json]
 
 Builds (or reuses) the zoo of ``bench/zoo.py``: two synthetic corpora, two tokenizers, 22 pairs; label 1
 for students distilled from the world's teacher (logit KD, sequence KD, mixed, other tokenizer, other
 architecture), label 0 for independent models, models trained on another corpus, and students distilled
 from a sibling teacher trained on the same data. Every pair is audited as a user would (``run_audit``,
-the world's 4 references, its probes, its teacher logs) in each access mode:
+the world's references, its probes, its teacher logs with fresh answers drawn the same way) with two
+reference panels (independent: 6 references on their own samples of the language; data-matched: the
+teacher's sibling joins them) and in each access mode:
 
 * white: everything; gray: the teacher gives only top-k log-probs of its own generated tokens;
   black: the teacher gives only text.
@@ -59,12 +62,20 @@ def metrics(labels: list[int], p_values: list[float]) -> dict[str, Any]:
     return out
 
 
-def audit_pair(world: Any, student: Path, probes: Path, mode: str, cache: Path, controls: bool) -> dict[str, Any]:
+def panel(world: Any, kind: str) -> tuple[str, ...]:
+    """independent: references trained on their own samples of the language. data-matched: the teacher's
+    sibling (the teacher's exact training text, another init) joins them, so that sharing the teacher's
+    data is part of the null and only the teacher's own quirks count as evidence."""
+    refs = tuple(str(r) for r in world.references)
+    return refs if kind == "independent" else (str(world.sibling), *refs)
+
+
+def audit_pair(world: Any, student: Path, probes: Path, mode: str, panel_kind: str, cache: Path,
+               controls: bool) -> dict[str, Any]:
     spec = AuditSpec(
-        teacher=str(world.teacher), student=str(student), references=tuple(str(r) for r in world.references),
-        probes=str(probes), seed=0, alpha=ALPHA, teacher_logs=world.teacher_logs,
-        teacher_fresh=getattr(world, "teacher_fresh", None), teacher_access=mode, cache_dir=cache,
-        negative_controls=controls,
+        teacher=str(world.teacher), student=str(student), references=panel(world, panel_kind),
+        probes=str(probes), seed=0, alpha=ALPHA, teacher_logs=world.teacher_logs, teacher_fresh=world.teacher_fresh,
+        teacher_access=mode, cache_dir=cache, negative_controls=controls,
     )
     return run_audit(spec, progress=False)
 
@@ -73,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("bench-out/zoo"), help="where the zoo and the inference cache live")
     ap.add_argument("--modes", default="white,gray,black")
+    ap.add_argument("--panels", default="independent,data-matched",
+                    help="reference panels: independent (4+ references on other samples of the language), "
+                         "data-matched (plus the teacher's sibling, trained on the teacher's exact data)")
     ap.add_argument("--json", type=Path, default=None, help="also write every pair's p-values here")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -86,14 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"zoo: {len(pairs)} pairs ({sum(p.label for p in pairs)} distilled) in {len(worlds)} worlds, "
           f"ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     report: dict[str, Any] = {}
-    for mode in args.modes.split(","):
+    for mode, panel_kind in ((m, k) for k in args.panels.split(",") for m in args.modes.split(",")):
         rows: list[dict[str, Any]] = []
         control_rows: list[dict[str, Any]] = []
         for pair in pairs:
             t1 = time.perf_counter()
             world = by_world[pair.world]
             first_of_world = not any(r["world"] == pair.world for r in rows)
-            result = audit_pair(world, pair.student, probe_files[pair.world], mode, cache, controls=first_of_world)
+            result = audit_pair(world, pair.student, probe_files[pair.world], mode, panel_kind, cache,
+                                controls=first_of_world)
             row = {
                 "pair": pair.name, "world": pair.world, "label": pair.label, "kind": pair.kind,
                 "verdict_p": result["verdict"]["p_value"], "label_out": result["verdict"]["label"],
@@ -103,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             for c in result["negative_controls"]:
                 control_rows.append({"world": pair.world, "model": c["model"], "verdict_p": c["p_value"], "p": c["p_values"]})
-            print(f"[{mode}] {pair.name:<34} label {pair.label}  verdict p = {row['verdict_p']:.3g} "
+            print(f"[{mode}, {panel_kind}] {pair.name:<34} label {pair.label}  verdict p = {row['verdict_p']:.3g} "
                   f"({row['label_out']}, {time.perf_counter() - t1:.0f}s)", file=sys.stderr)
         detectors = sorted({d for r in rows for d in r["p"]})
         table = {"verdict": metrics([r["label"] for r in rows], [r["verdict_p"] for r in rows])}
@@ -111,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             ran = [r for r in rows if d in r["p"]]
             table[d] = metrics([r["label"] for r in ran], [r["p"][d] for r in ran])
         controls_fpr = float(np.mean([c["verdict_p"] < ALPHA for c in control_rows])) if control_rows else math.nan
-        report[mode] = {"table": table, "pairs": rows, "negative_controls": control_rows,
+        report[f"{mode}/{panel_kind}"] = {"table": table, "pairs": rows, "negative_controls": control_rows,
                         "negative_control_fpr_at_alpha": controls_fpr}
-        print(f"\n{mode}-box teacher ({len(rows)} pairs)")
+        print(f"\n{mode}-box teacher, {panel_kind} panel ({len(rows)} pairs, {len(panel(world, panel_kind))} references)")
         print(f"{'':<26}{'AUROC':>7}{'TPR@1%FPR':>11}{'FPR@.05':>9}{'TPR@.05':>9}{'pos/neg':>9}")
         for name, m in table.items():
             print(f"{name:<26}{m['auroc']:>7.3f}{m['tpr_at_fpr_1pct']:>11.2f}{m['fpr_at_alpha']:>9.2f}"

@@ -38,7 +38,7 @@ if __package__ in (None, ""):
 
 from audit import synthetic  # noqa: E402
 
-ZOO_VERSION = "1"
+ZOO_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class World:
     references: tuple[Path, ...]  # independent reference models (teacher's tokenizer, same language)
     probes: tuple[str, ...]  # probe prompts (sentence openings) not used in any training
     teacher_logs: Path  # JSONL of {"prompt", "completion"}: the teacher samples the sequence-KD students trained on
+    teacher_fresh: Path  # JSONL: fresh teacher samples for the logged prompts, drawn and cut exactly as the logs were
+    sibling: Path  # trained on the teacher's exact text in the same order, another init: a data-matched reference
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class ZooRecipe:
     sentences: int = 1500  # per independently trained model (teachers, references, controls)
     student_sentences: int = 3000  # text each student sees (corpus or teacher samples)
     steps: int = 300
-    n_references: int = 4
+    n_references: int = 6  # the panel t test has n_references - 1 degrees of freedom: power grows with each
     n_probes: int = 100
     probe_offset: int = 777  # probe prompt seed = seed_base + probe_offset
     sample_offset: int = 500  # teacher sample prompt seed = seed_base + sample_offset; sibling's + 1
@@ -144,6 +146,8 @@ def _layout(build_dir: Path, recipe: ZooRecipe) -> tuple[list[World], list[Pair]
             references=tuple(wdir / f"reference-{i + 1}" for i in range(recipe.n_references)),
             probes=_probes(spec, recipe),
             teacher_logs=wdir / "teacher_logs.jsonl",
+            teacher_fresh=wdir / "teacher_fresh.jsonl",
+            sibling=wdir / "sibling",
         ))
         for s in STUDENTS:
             pairs.append(Pair(name=f"{spec.name}/{s.key}", world=spec.name, student=wdir / s.key, label=s.label,
@@ -164,13 +168,25 @@ def _sample_until(model: Any, tokenizer: Any, prompts: list[str], recipe: ZooRec
         completions = synthetic.sample_texts(model, tokenizer, chunk, recipe.max_new_tokens,
                                              seed=seed * 1000 + chunk_no, temperature=recipe.temperature)
         for prompt, completion in zip(chunk, completions):
-            if "." in completion:
-                completion = completion[: completion.rindex(".") + 1]
+            completion = _cut(completion)
             records.append({"prompt": prompt, "completion": completion})
             count += (prompt + completion).count(".")
             if count >= target_sentences:
                 return records
     return records  # every prompt used: a weak teacher writes few full stops
+
+
+def _cut(completion: str) -> str:
+    """After the last full stop, if there is one: the logs' post-processing, which fresh samples must share."""
+    return completion[: completion.rindex(".") + 1] if "." in completion else completion
+
+
+def _fresh(model: Any, tokenizer: Any, records: list[dict[str, str]], recipe: ZooRecipe, seed: int) -> list[dict[str, str]]:
+    """Fresh teacher answers to the logged prompts, sampled and cut exactly as the logs were (another seed)."""
+    prompts = [r["prompt"] for r in records]
+    completions = synthetic.sample_texts(model, tokenizer, prompts, recipe.max_new_tokens, seed=seed,
+                                         temperature=recipe.temperature)
+    return [{"prompt": p, "completion": _cut(c)} for p, c in zip(prompts, completions)]
 
 
 def _sample_text(records: list[dict[str, str]]) -> str:
@@ -230,6 +246,8 @@ def _build_world(wdir: Path, spec: WorldSpec, other_spec: WorldSpec, recipe: Zoo
         prompts = grammar.prompts(2 * recipe.student_sentences, seed=seed)  # sampling stops at the target
         samples[role] = _sample_until(model, tok, prompts, recipe, seed, recipe.student_sentences)
     _write_jsonl(wdir / "teacher_logs.jsonl", samples["teacher"])
+    _write_jsonl(wdir / "teacher_fresh.jsonl", _fresh(teacher, tok, samples["teacher"], recipe,
+                                                      base + recipe.sample_offset + 2))
     _write_jsonl(wdir / "sibling_logs.jsonl", samples["sibling"])
     say(f"sampled {spec.name} teacher and sibling logs ({len(samples['teacher'])} and "
         f"{len(samples['sibling'])} prompts) in {time.perf_counter() - t0:4.1f}s")
@@ -295,6 +313,7 @@ def build_zoo(root: Path, progress: bool | None = None, report: Callable[[str], 
                         "sibling": f"{w.name}/sibling",
                         "references": [p.relative_to(build_dir).as_posix() for p in w.references],
                         "probes": f"{w.name}/probes.json", "teacher_logs": f"{w.name}/teacher_logs.jsonl",
+                        "teacher_fresh": f"{w.name}/teacher_fresh.jsonl",
                         "sibling_logs": f"{w.name}/sibling_logs.jsonl"} for w in worlds],
             "pairs": [{**asdict(p), "student": p.student.relative_to(build_dir).as_posix()} for p in pairs],
         }

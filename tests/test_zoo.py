@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 
 from bench import zoo
 
@@ -18,8 +21,21 @@ TINY = zoo.ZooRecipe(sentences=40, student_sentences=80, steps=2, n_references=2
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[zoo.World], list[zoo.Pair], list[str]]:
     root = tmp_path_factory.mktemp("zoo")
     messages: list[str] = []
-    worlds, pairs = zoo.build_zoo(root, progress=False, report=messages.append, recipe=TINY)
+    with _one_thread():
+        worlds, pairs = zoo.build_zoo(root, progress=False, report=messages.append, recipe=TINY)
     return root, worlds, pairs, messages
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Bit-identical builds need one fixed thread count; with several threads the math library may use fewer
+    when the machine is busy, which changes float rounding."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_pairs_and_labels(built: tuple[Path, list[zoo.World], list[zoo.Pair], list[str]]) -> None:
@@ -56,6 +72,10 @@ def test_probes_and_teacher_logs(built: tuple[Path, list[zoo.World], list[zoo.Pa
         sentences = sum((r["prompt"] + r["completion"]).count(".") for r in records)
         # Sampling stops once the logs hold the students' share of sentences (or the prompts run out).
         assert sentences >= TINY.student_sentences or len(records) == 2 * TINY.student_sentences
+        fresh = [json.loads(line) for line in w.teacher_fresh.read_text().splitlines()]
+        assert [r["prompt"] for r in fresh] == [r["prompt"] for r in records]  # paired by prompt
+        assert [r["completion"] for r in fresh] != [r["completion"] for r in records]
+        assert w.sibling.is_dir()
         sibling = (w.teacher.parent / "sibling_logs.jsonl").read_text()
         assert sibling != w.teacher_logs.read_text()
         assert json.loads((w.teacher.parent / "probes.json").read_text()) == list(w.probes)
@@ -66,13 +86,13 @@ def test_reuse_and_rebuild(built: tuple[Path, list[zoo.World], list[zoo.Pair], l
     assert any("building" in m for m in messages)
     again: list[str] = []
     assert zoo.build_zoo(root, progress=False, report=again.append, recipe=TINY) == (worlds, pairs)
-    assert again == [f"reusing zoo in {root / 'zoo-v1'}"]
-    manifest = json.loads((root / "zoo-v1" / "zoo.json").read_text())
+    assert again == [f"reusing zoo in {root / 'zoo-v2'}"]
+    manifest = json.loads((root / "zoo-v2" / "zoo.json").read_text())
     assert [p["name"] for p in manifest["pairs"]] == [p.name for p in pairs]
     # Any change to the recipe invalidates the marker (a rebuild would follow).
-    marker = json.loads((root / "zoo-v1" / "complete.json").read_text())
+    marker = json.loads((root / "zoo-v2" / "complete.json").read_text())
     assert marker != json.loads(json.dumps(zoo.asdict(replace(TINY, steps=3))))
-    assert not list(root.glob(".zoo-v1.*"))  # no staging directory left behind
+    assert not list(root.glob(".zoo-v2.*"))  # no staging directory left behind
 
 
 def test_every_model_loads_in_the_backend(built: tuple[Path, list[zoo.World], list[zoo.Pair], list[str]]) -> None:
@@ -87,9 +107,10 @@ def test_every_model_loads_in_the_backend(built: tuple[Path, list[zoo.World], li
 def test_build_is_deterministic(built: tuple[Path, list[zoo.World], list[zoo.Pair], list[str]],
                                 tmp_path: Path) -> None:
     root, worlds, pairs, _ = built
-    zoo.build_zoo(tmp_path, progress=False, report=lambda msg: None, recipe=TINY)
-    first, second = root / "zoo-v1", tmp_path / "zoo-v1"
+    with _one_thread():
+        zoo.build_zoo(tmp_path, progress=False, report=lambda msg: None, recipe=TINY)
+    first, second = root / "zoo-v2", tmp_path / "zoo-v2"
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".jsonl"))
-    assert len(files) == 2 * (2 + TINY.n_references + 11) + 4
+    assert len(files) == 2 * (2 + TINY.n_references + 11) + 6  # models; teacher, fresh and sibling logs
     for rel in files:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
