@@ -26,7 +26,7 @@ from audit import synthetic
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = "2"
+DEMO_VERSION = "3"
 LOGS_FILE = "teacher-logs.jsonl"
 FRESH_FILE = "teacher-fresh.jsonl"
 
@@ -41,7 +41,7 @@ class DemoRecipe:
     answer_tokens: int = 40  # length of each logged answer, in teacher tokens
     kd_weight: float = 0.5  # student loss: this much KL to the teacher's log-probs, the rest cross-entropy on the answers
     steps: int = 300
-    n_references: int = 4  # the panel test gains power with each reference
+    n_references: int = 6  # the panel t test has n_references - 1 degrees of freedom: power grows with each
     n_probes: int = 100
     probe_seed: int = 777
 

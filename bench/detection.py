@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pair": pair.name, "world": pair.world, "label": pair.label, "kind": pair.kind,
                 "verdict_p": result["verdict"]["p_value"], "label_out": result["verdict"]["label"],
                 "p": {e["detector"]: e["p_value"] for e in result["evidence"]},
+                "effect": {e["detector"]: e["effect_size"] for e in result["evidence"]},
                 "skipped": [s["detector"] for s in result["skipped"]],
             }
             rows.append(row)

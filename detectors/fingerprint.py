@@ -39,8 +39,13 @@ class IdiosyncrasyParams:
     temperature: float = 1.0  # teacher sampling, shared with the token-level similarity detectors
     n_words: int = 8  # text level: words of the teacher's greedy continuation examined
     text_tokens: int = 32  # text level: continuation length in each model's own tokens
-    margin: float = 0.05
+    margin: float = 0.02  # text level; about the median effect of the zoo's distilled students
     n_examples: int = 3
+
+
+@dataclass(frozen=True)
+class TokenIdiosyncrasyParams(IdiosyncrasyParams):
+    margin: float = 0.12  # token level
 
 
 def _leave_one_out(choices: dict[str, np.ndarray], teacher: np.ndarray) -> dict[str, float]:
@@ -70,7 +75,7 @@ class TokenIdiosyncrasy(Detector):
     }
     min_references = 2
     same_tokenizer = True
-    Params = IdiosyncrasyParams
+    Params = TokenIdiosyncrasyParams
     null = PANEL_NULL.format(what="likely to share the teacher's idiosyncratic next-token choices")
 
     def run(self, ctx: DetectorContext) -> Evidence:

@@ -35,7 +35,7 @@ from detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_sampli
 class LikelihoodParams:
     max_new_tokens: int = 24
     temperature: float = 1.0
-    margin: float = 0.02  # bits per byte
+    margin: float = 0.03  # bits per byte; about the median effect of the zoo's distilled students
     n_examples: int = 3
 
 
@@ -111,7 +111,9 @@ class LoggedParams:
     n_examples: int = 3
 
 
-MARGINS = {"loss": 0.02, "min-k++": 0.05, "zlib": 0.005}
+# Smallest advantage called membership, per score. loss: well under the median effect (0.17 nats per token) of
+# the zoo students trained on the logs; the others are set to about the same share of their spread.
+MARGINS = {"loss": 0.1, "min-k++": 0.2, "zlib": 0.01}
 SCORES = tuple(MARGINS)
 
 

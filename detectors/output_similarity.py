@@ -32,7 +32,10 @@ from detectors.panel import PANEL_NULL, aligned_steps, panel_evidence, suspects,
 class TokenParams:
     max_new_tokens: int = 24  # teacher continuation length per probe
     temperature: float = 1.0  # teacher sampling temperature (seeded); 0 means greedy
-    margin: float = 0.05  # an excess below this is too small to call distillation
+    # An excess below the margin is too small to call distillation. Defaults: about the median effect of the
+    # distilled students in the benchmark zoo (bench/detection.py), so a "not-distilled" verdict backed by
+    # this detector rules out distillation as strong as a typical one there.
+    margin: float = 0.05
     top_k: int = 5  # for top-k overlap
     n_examples: int = 3
 
@@ -98,10 +101,16 @@ class _TokenLevel(Detector):
         return self.statistic.split(" (")[0].replace(" ", "_").replace("-", "_")
 
 
+@dataclass(frozen=True)
+class AgreementParams(TokenParams):
+    margin: float = 0.12
+
+
 class NextTokenAgreement(_TokenLevel):
     name = "next-token-agreement"
     summary = "The student's top-1 next token on the teacher's continuations matches the teacher's more than any reference's"
     statistic = "top-1 agreement"
+    Params = AgreementParams
     null = PANEL_NULL.format(what="likely to pick the teacher's top-1 next token")
 
     def step_similarity(self, t_ids: np.ndarray, t_lp: np.ndarray, m_ids: np.ndarray, m_lp: np.ndarray) -> np.ndarray:
@@ -122,7 +131,7 @@ class TopKOverlap(_TokenLevel):
 
 @dataclass(frozen=True)
 class JSParams(TokenParams):
-    margin: float = 0.03  # in 1 - JSD (bits)
+    margin: float = 0.025  # in 1 - JSD (bits)
 
 
 class JensenShannon(_TokenLevel):
@@ -173,7 +182,7 @@ class TextParams:
     max_new_tokens: int = 32  # continuation length per probe, in each model's own tokens
     n_words: int = 8  # words of the teacher's continuation compared
     n_chars: int = 64  # characters of each continuation compared by edit similarity
-    margin: float = 0.05
+    margin: float = 0.02  # about the median effect of the zoo's distilled students
     n_examples: int = 3
 
 

@@ -61,7 +61,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     cache, out = root / "cache", root / "out"
     proc = cli("demo", "--out", str(out), "--cache-dir", str(cache))
     assert proc.returncode == 0, proc.stderr
-    models = cache / "demo-models-v2"
+    models = cache / "demo-models-v3"
     return {
         "proc": proc,
         "out": out,

@@ -22,7 +22,8 @@ from tests.conftest import REPO, cli
 
 def test_demo_catches_the_distilled_student_and_clears_the_control(demo_run: dict[str, Any]) -> None:
     assert demo_run["distilled"]["verdict"]["label"] == "distilled"
-    assert demo_run["control"]["verdict"]["label"] != "distilled"
+    assert demo_run["control"]["verdict"]["label"] == "not-distilled"  # backed by a powered detector
+    assert demo_run["control"]["verdict"]["powered_detectors"]
     out = demo_run["proc"].stdout
     assert "distilled student: DISTILLED" in out and "control student:" in out
     assert str(demo_run["out"] / "distilled" / "result.json") in out
@@ -43,7 +44,7 @@ def test_demo_reuses_its_models(demo_run: dict[str, Any], tmp_path: Path) -> Non
 def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> None:
     r = demo_run["distilled"]
     assert r["schema_version"] == SCHEMA_VERSION and r["tool_version"]
-    assert [m["role"] for m in r["models"]] == ["teacher", "student"] + ["reference"] * 4
+    assert [m["role"] for m in r["models"]] == ["teacher", "student"] + ["reference"] * 6
     for m in r["models"]:
         assert len(m["fingerprint"]["model"]) == 64 and m["fingerprint"]["format"] == "safetensors"
         assert m["source"] and m["runtime"]["device"]
@@ -61,7 +62,7 @@ def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> No
     assert r["verdict"]["combination"] == "bonferroni" and set(r["verdict"]["holm_adjusted_p_values"]) == set(REGISTRY)
     assert r["teacher_logs"]["pairs"] > 1000 and len(r["teacher_logs"]["logged_hash"]) == 64
     controls = r["negative_controls"]
-    assert [c["model"] for c in controls] == [f"reference-{i}" for i in range(1, 5)]
+    assert [c["model"] for c in controls] == [f"reference-{i}" for i in range(1, 7)]
     assert all(c["label"] != "distilled" and len(c["p_values"]) == len(REGISTRY) for c in controls)
     for key in ("seed", "dtype", "device", "token_budget"):
         assert key in r["settings"]
@@ -69,7 +70,7 @@ def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> No
 
 
 def _run_args(models: Path, probes: Path, out: Path, *extra: str) -> list[str]:
-    refs = [a for i in range(1, 5) for a in ("--reference", str(models / f"reference-{i}"))]
+    refs = [a for i in range(1, 7) for a in ("--reference", str(models / f"reference-{i}"))]
     logs = ["--teacher-logs", str(models / "teacher-logs.jsonl"), "--teacher-fresh", str(models / "teacher-fresh.jsonl")]
     return ["run", "--teacher", str(models / "teacher"), "--student", str(models / "student"), *refs, *logs,
             "--probes", str(probes), "--seed", "0", "--out", str(out), *extra]
@@ -152,6 +153,21 @@ def test_black_box_teacher_runs_the_text_detectors_and_says_why_the_rest_are_ski
     assert "generate-topk" in reasons["next-token-agreement"] and "teacher" in reasons["next-token-agreement"]
     assert r["models"][0]["capabilities"] == ["generate"] and r["models"][0]["runtime"]["access"] == "black-box"
     assert r["verdict"]["label"] == "distilled"  # the logs and the teacher's text still convict
+
+
+def test_fresh_answers_are_sampled_here_when_not_given(demo_run: dict[str, Any], tmp_path: Path) -> None:
+    args = _run_args(demo_run["models"], demo_run["out"] / "demo-probes.txt", tmp_path, "--cache-dir",
+                     str(demo_run["cache"]), "--detector", "logged-vs-fresh", "--no-negative-controls")
+    i = args.index("--teacher-fresh")
+    del args[i : i + 2]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((tmp_path / "result.json").read_text())
+    logs = r["teacher_logs"]
+    assert logs["fresh_source"].startswith("sampled from the teacher here") and logs["unpaired_logged"] == 0
+    assert logs["fresh_hash"] != demo_run["distilled"]["teacher_logs"]["fresh_hash"]
+    (ev,) = r["evidence"]
+    assert ev["p_value"] < 0.01 and ev["n"] > 1000
 
 
 def test_a_weak_panel_is_exposed_by_the_negative_controls(demo_run: dict[str, Any], tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def _context(models: Path, student: str, n_probes: int = 100, n_logs: int | None
     def handle(role: str, name: str) -> ModelHandle:
         return ModelHandle(role, name, HFAdapter.load(str(models / name), name=name))
 
-    refs = tuple(handle("reference", f"reference-{i}") for i in range(1, 5))
+    refs = tuple(handle("reference", f"reference-{i}") for i in range(1, 7))
     logged = load_outputs(models / "teacher-logs.jsonl", "--teacher-logs")[:n_logs]
     fresh = load_outputs(models / "teacher-fresh.jsonl", "--teacher-fresh")
     return DetectorContext(handle("teacher", "teacher"), handle("student", student), refs,
