@@ -148,7 +148,8 @@ def _out_dir(out: Path) -> Path:
               help="Teacher model: checkpoint directory, cached hub id, or .gguf file.")
 @click.option("--student", required=True, metavar="PATH|ID|GGUF", help="The suspect student model.")
 @click.option("--reference", "references", multiple=True, metavar="PATH|ID|GGUF",
-              help="An independent reference model of a similar class; repeat for each (at least 2; 4+ gives power).")
+              help="An independent reference model of a similar class; repeat for each (at least 2; 6+ give the "
+                   "panel test power). Include a model trained on the teacher's data if you have one.")
 @click.option("--probes", default="default", show_default=True, help="A built-in probe set's name, or a .txt/.jsonl file.")
 @click.option("--n-probes", type=click.IntRange(min=1), default=None, help="Use a seeded random subset of this many probes.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for sub-sampling, sampling and bootstraps.")
