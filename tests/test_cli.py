@@ -155,6 +155,17 @@ def test_black_box_teacher_runs_the_text_detectors_and_says_why_the_rest_are_ski
     assert r["verdict"]["label"] == "distilled"  # the logs and the teacher's text still convict
 
 
+def test_cauchy_combination_is_chosen_and_recorded(demo_run: dict[str, Any], tmp_path: Path) -> None:
+    from audit import stats
+
+    r = _audit(demo_run, tmp_path, "--combine", "cauchy", "--detector", "next-token-agreement",
+               "--detector", "top-k-overlap", "--no-negative-controls")
+    v = r["verdict"]
+    assert v["combination"] == "cauchy" and r["settings"]["combination"] == "cauchy"
+    assert v["p_value"] == pytest.approx(stats.cauchy_combination([e["p_value"] for e in r["evidence"]]), rel=1e-6)
+    assert r["negative_controls"] == []
+
+
 def test_fresh_answers_are_sampled_here_when_not_given(demo_run: dict[str, Any], tmp_path: Path) -> None:
     args = _run_args(demo_run["models"], demo_run["out"] / "demo-probes.txt", tmp_path, "--cache-dir",
                      str(demo_run["cache"]), "--detector", "logged-vs-fresh", "--no-negative-controls")
