@@ -18,6 +18,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("audit")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+GATES = {"distilled": ("distilled",), "inconclusive": ("distilled", "inconclusive")}  # --fail-on: labels that fail
 
 
 def default_cache_dir() -> Path:
@@ -158,11 +159,18 @@ def _out_dir(out: Path) -> Path:
               help="Run only these detectors (repeatable); see `distill-audit detectors`.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory; result.json is written there.")
 @_audit_options
+@click.option("--fail-on", type=click.Choice(["distilled", "inconclusive"]), default=None,
+              help="CI gating: exit 1 (after writing the result) when the verdict is distilled, or with "
+                   "'inconclusive' when it is anything but not-distilled.")
 @_model_options
 @click.pass_context
 @user_errors
-def run(ctx: click.Context, out: Path, **kw: Any) -> None:
-    """Audit one student against one teacher and a reference panel."""
+def run(ctx: click.Context, out: Path, fail_on: str | None, **kw: Any) -> None:
+    """Audit one student against one teacher and a reference panel.
+
+    Exit codes: 0 done; 1 runtime error, or the verdict matched --fail-on (the result is written);
+    2 usage error.
+    """
     from audit.result import write_result
     from audit.runner import run_audit
 
@@ -171,6 +179,10 @@ def run(ctx: click.Context, out: Path, **kw: Any) -> None:
     result = run_audit(spec, progress=ctx.obj["progress"], command=sys.argv)
     write_result(out / "result.json", result)
     _print_verdict("audit", result, out / "result.json")
+    label = result["verdict"]["label"]
+    if fail_on is not None and label in GATES[fail_on]:
+        click.echo(f"distill-audit: verdict {label} matches --fail-on {fail_on}", err=True)
+        sys.exit(EXIT_ERROR)
 
 
 def _spec(kw: dict[str, Any]) -> Any:

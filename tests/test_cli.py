@@ -166,6 +166,20 @@ def test_cauchy_combination_is_chosen_and_recorded(demo_run: dict[str, Any], tmp
     assert r["negative_controls"] == []
 
 
+@pytest.mark.parametrize(("student", "gate", "code"), [
+    ("student", "distilled", 1), ("control", "distilled", 0), ("control", "inconclusive", 0), ("student", "inconclusive", 1),
+])
+def test_fail_on_gates_ci_after_writing_the_result(demo_run: dict[str, Any], tmp_path: Path, student: str, gate: str,
+                                                   code: int) -> None:
+    args = _run_args(demo_run["models"], demo_run["out"] / "demo-probes.txt", tmp_path, "--cache-dir",
+                     str(demo_run["cache"]), "--fail-on", gate)
+    args[args.index("--student") + 1] = str(demo_run["models"] / student)
+    proc = cli(*args)
+    assert proc.returncode == code, proc.stderr
+    assert (tmp_path / "result.json").exists()
+    assert (f"matches --fail-on {gate}" in proc.stderr) == bool(code)
+
+
 def test_fresh_answers_are_sampled_here_when_not_given(demo_run: dict[str, Any], tmp_path: Path) -> None:
     args = _run_args(demo_run["models"], demo_run["out"] / "demo-probes.txt", tmp_path, "--cache-dir",
                      str(demo_run["cache"]), "--detector", "logged-vs-fresh", "--no-negative-controls")
