@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import time
@@ -13,6 +14,7 @@ import click
 
 from audit import __version__
 from audit.errors import AuditError, UsageError
+from audit.result import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("audit")
@@ -171,18 +173,28 @@ def run(ctx: click.Context, out: Path, fail_on: str | None, **kw: Any) -> None:
     Exit codes: 0 done; 1 runtime error, or the verdict matched --fail-on (the result is written);
     2 usage error.
     """
-    from audit.result import write_result
     from audit.runner import run_audit
 
     spec = _spec(kw)
     out = _out_dir(out)
     result = run_audit(spec, progress=ctx.obj["progress"], command=sys.argv)
-    write_result(out / "result.json", result)
+    _write_outputs(out, result)
     _print_verdict("audit", result, out / "result.json")
+    click.echo(f"  report: {out / 'report.html'}")
     label = result["verdict"]["label"]
     if fail_on is not None and label in GATES[fail_on]:
         click.echo(f"distill-audit: verdict {label} matches --fail-on {fail_on}", err=True)
         sys.exit(EXIT_ERROR)
+
+
+def _write_outputs(out: Path, result: dict[str, Any]) -> None:
+    """result.json and report.html, each written whole or not at all (the report from the JSON alone)."""
+    from audit.result import write_atomic, write_result
+    from reports import render_html
+
+    html = render_html(json.loads(dumps(result)))  # exactly what `render` will see when it reads the file
+    write_result(out / "result.json", result)
+    write_atomic(out / "report.html", html)
 
 
 def _spec(kw: dict[str, Any]) -> Any:
@@ -234,7 +246,7 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     reused next time.
     """
     from audit.demo import FRESH_FILE, LOGS_FILE, build_demo_models, demo_prompts
-    from audit.result import write_atomic, write_result
+    from audit.result import write_atomic
     from audit.runner import run_audit
 
     started = time.perf_counter()
@@ -252,9 +264,40 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     for case, suspect in (("distilled", "student"), ("control", "control")):
         kw["student"] = str(paths[suspect])
         result = run_audit(_spec(kw), progress=ctx.obj["progress"], command=sys.argv)
-        write_result(out / case / "result.json", result)
+        _write_outputs(out / case, result)
         _print_verdict(f"{case:>9} student", result, out / case / "result.json")
     click.echo(f"demo models: {next(iter(paths.values())).parent}   ({time.perf_counter() - started:.0f}s)")
+
+
+FORMATS = {"html": "report.html", "md": "summary.md", "json": "result.json"}
+
+
+@main.command()
+@click.argument("result_file", metavar="RESULT.json", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="html", show_default=True,
+              help="html: the self-contained evidence report; md: a summary for tickets and pull requests; "
+                   "json: the result, re-validated and canonically formatted.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Where to write ('-' for standard output) [default: beside RESULT.json: report.html, summary.md].")
+@user_errors
+def render(result_file: Path, fmt: str, output: Path | None) -> None:
+    """Rebuild a report from a result file alone, without re-running anything. Rendering the same file twice
+    gives identical bytes."""
+    from audit.result import read_result, write_atomic
+    from reports import render_html, render_markdown
+
+    if not result_file.exists():
+        raise UsageError(f"{result_file}: no such file")
+    result = read_result(result_file)
+    text = {"html": render_html, "md": render_markdown, "json": dumps}[fmt](result)
+    if output is not None and str(output) == "-":
+        click.echo(text, nl=False)
+        return
+    target = output or result_file.with_name(FORMATS[fmt])
+    if target.resolve() == result_file.resolve():
+        raise UsageError(f"{target}: refusing to overwrite the result file being rendered; choose -o")
+    write_atomic(target, text)
+    click.echo(str(target))
 
 
 @main.command("detectors")

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from audit.errors import ResultSchemaError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added negative_controls, observations, teacher_logs, margins and power checks
 VOLATILE_KEYS = ("created_at", "timings", "inference")
 
 

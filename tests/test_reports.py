@@ -1,0 +1,124 @@
+"""Reports rebuilt from result.json alone: HTML and Markdown, byte-stable, with hostile model text made inert."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from audit.cli import main
+from audit.result import SCHEMA_VERSION, write_result
+from reports import render_html, render_markdown
+
+HOSTILE = ('<script>alert(1)</script></style><a href="javascript:alert(2)">x</a> &lt;b&gt; '
+           '\u202egnp.exe\u202c zero\u200bwidth <img src=x onerror=alert(3)>')
+
+
+@pytest.fixture(scope="module")
+def result(demo_run: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(demo_run["distilled"])
+
+
+def _hostile(result: dict[str, Any]) -> dict[str, Any]:
+    r = copy.deepcopy(result)
+    for e in r["evidence"]:
+        for ex in e["examples"]:
+            for key in ("prompt", "teacher", "student", "reference_output", "logged", "fresh"):
+                if key in ex:
+                    ex[key] = HOSTILE + ex[key]
+    r["verdict"]["warnings"] = [HOSTILE]
+    r["skipped"] = [{"detector": "x", "reason": HOSTILE}]
+    r["command"] = ["distill-audit", HOSTILE]
+    r["observations"] = {"identity": {"ran": True, "note": "n", "answers_naming_teacher": 1, "teacher_names": ["A"],
+                                      "answers": [{"question": "Who?", "answer": HOSTILE, "names_teacher": [HOSTILE]}]}}
+    return r
+
+
+def test_html_report_has_every_section_and_is_byte_stable(result: dict[str, Any]) -> None:
+    html = render_html(result)
+    assert html == render_html(copy.deepcopy(result))
+    for heading in ("Was the student distilled", "Evidence, detector by detector", "Negative controls", "Examples",
+                    "Method and limits", "Reproducibility", "Glossary"):
+        assert heading in html
+    assert html.count("<article class=\"card") >= len(result["evidence"])
+    assert html.count("<svg") == len(result["evidence"])  # one chart per detector
+    assert result["models"][0]["fingerprint"]["model"] in html and result["probe_sets"][0]["hash"] in html
+    assert "<mark>" in html  # agreeing words highlighted in the examples
+
+
+def test_html_is_self_contained(result: dict[str, Any]) -> None:
+    html = render_html(result)
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)  # nothing fetched from the network
+    assert "<script" not in html.lower() and "@import" not in html and "url(" not in html
+    assert "prefers-color-scheme: dark" in html and "@media print" in html
+    assert "default-src 'none'" in html  # and the page forbids loading anything even if text slipped through
+
+
+def test_hostile_model_text_is_inert_in_html(result: dict[str, Any]) -> None:
+    html = render_html(_hostile(result))
+    lowered = html.lower()
+    assert "<script" not in lowered and "<img" not in lowered
+    assert not re.search(r"<[^>]*onerror", lowered)  # the handler survives only as escaped text
+    assert "href=\"javascript:" not in lowered and "<a href" not in lowered
+    assert html.count("</style>") == 1  # only the report's own stylesheet closes
+    assert "&amp;lt;b&amp;gt;" in html  # entities shown as typed, not interpreted
+    assert "\u202e" not in html and "\u200b" not in html  # bidi and zero-width controls made visible
+    assert "U+202E" in html and "U+200B" in html
+
+
+def test_hostile_model_text_is_inert_in_markdown(result: dict[str, Any]) -> None:
+    md = render_markdown(_hostile(result))
+    assert not re.search(r"(?<!\\)<(script|img|a )", md) and "](javascript:" not in md  # every < escaped
+    assert "\\<script\\>" in md and "\u202e" not in md and "U+202E" in md
+    assert md.startswith("## distill-audit: **DISTILLED**") and "| next-token-agreement |" in md
+
+
+def test_run_and_demo_write_the_report_beside_the_result(demo_run: dict[str, Any]) -> None:
+    for case in ("distilled", "control"):
+        report = (demo_run["out"] / case / "report.html").read_text()
+        assert report == render_html(json.loads((demo_run["out"] / case / "result.json").read_text()))
+
+
+def test_render_command_formats_and_errors(result: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    write_result(path, result)
+    runner = CliRunner()
+    out = runner.invoke(main, ["render", str(path)])
+    assert out.exit_code == 0 and (tmp_path / "report.html").read_text() == render_html(json.loads(path.read_text()))
+    out = runner.invoke(main, ["render", str(path), "--format", "md", "-o", "-"])
+    assert out.exit_code == 0 and out.output.startswith("## distill-audit")
+    out = runner.invoke(main, ["render", str(path), "--format", "json"])
+    assert out.exit_code == 2 and "refusing to overwrite" in out.stderr
+    out = runner.invoke(main, ["render", str(path), "--format", "json", "-o", str(tmp_path / "copy.json")])
+    assert out.exit_code == 0 and json.loads((tmp_path / "copy.json").read_text()) == json.loads(path.read_text())
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**result, "schema_version": "0.9"}))
+    out = runner.invoke(main, ["render", str(old)])
+    assert out.exit_code == 1
+    assert f"result schema version 0.9; this distill-audit reads version {SCHEMA_VERSION}" in out.stderr
+    assert runner.invoke(main, ["render", str(tmp_path / "missing.json")]).exit_code == 2
+
+
+def test_a_failed_render_leaves_no_partial_report(result: dict[str, Any], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "result.json"
+    write_result(path, result)
+    (tmp_path / "report.html").write_text("previous report")
+
+    def broken(_: Any) -> str:
+        raise OSError(28, "No space left on device")
+
+    import audit.result
+
+    real_replace = audit.result.os.replace
+    monkeypatch.setattr(audit.result.os, "replace", lambda *a: broken(a))
+    out = CliRunner().invoke(main, ["render", str(path)])
+    monkeypatch.setattr(audit.result.os, "replace", real_replace)
+    assert out.exit_code == 1 and "No space left on device" in out.stderr
+    assert (tmp_path / "report.html").read_text() == "previous report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "result.json"]  # no temporary left
