@@ -269,14 +269,15 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     click.echo(f"demo models: {next(iter(paths.values())).parent}   ({time.perf_counter() - started:.0f}s)")
 
 
-FORMATS = {"html": "report.html", "md": "summary.md", "json": "result.json"}
+FORMATS = {"html": "report.html", "md": "summary.md", "json": "result.json", "intoto": "attestation.intoto.json"}
 
 
 @main.command()
 @click.argument("result_file", metavar="RESULT.json", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="html", show_default=True,
               help="html: the self-contained evidence report; md: a summary for tickets and pull requests; "
-                   "json: the result, re-validated and canonically formatted.")
+                   "json: the result, re-validated and canonically formatted; intoto: an in-toto Statement of the "
+                   "verdict binding result.json and report.html by sha256 (sign it with cosign).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Where to write ('-' for standard output) [default: beside RESULT.json: report.html, summary.md].")
 @user_errors
@@ -285,11 +286,15 @@ def render(result_file: Path, fmt: str, output: Path | None) -> None:
     gives identical bytes."""
     from audit.result import read_result, write_atomic
     from reports import render_html, render_markdown
+    from reports.attestation import render_statement
 
     if not result_file.exists():
         raise UsageError(f"{result_file}: no such file")
     result = read_result(result_file)
-    text = {"html": render_html, "md": render_markdown, "json": dumps}[fmt](result)
+    if fmt == "intoto":
+        text = render_statement(result, result_file.read_bytes(), render_html(result))
+    else:
+        text = {"html": render_html, "md": render_markdown, "json": dumps}[fmt](result)
     if output is not None and str(output) == "-":
         click.echo(text, nl=False)
         return

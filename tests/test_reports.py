@@ -104,6 +104,24 @@ def test_render_command_formats_and_errors(result: dict[str, Any], tmp_path: Pat
     assert runner.invoke(main, ["render", str(tmp_path / "missing.json")]).exit_code == 2
 
 
+def test_intoto_statement_binds_the_verdict_to_the_evidence_files(demo_run: dict[str, Any]) -> None:
+    import hashlib
+
+    out = demo_run["out"] / "distilled"
+    proc = CliRunner().invoke(main, ["render", str(out / "result.json"), "--format", "intoto", "-o", "-"])
+    assert proc.exit_code == 0, proc.stderr
+    st = json.loads(proc.output)
+    assert st["_type"] == "https://in-toto.io/Statement/v1" and st["predicateType"].endswith("/verdict/v1")
+    roles = {s["name"].split(":")[0]: s["digest"] for s in st["subject"]}
+    models = {m["role"]: m for m in demo_run["distilled"]["models"]}
+    assert set(roles) == {"teacher", "student"}
+    assert roles["student"]["distillAuditModelSha256"] == models["student"]["fingerprint"]["model"]
+    pred = st["predicate"]
+    assert pred["verdict"] == "distilled" and set(pred["detectors"]) == {e["detector"] for e in demo_run["distilled"]["evidence"]}
+    assert pred["evidence"]["result.json"]["sha256"] == hashlib.sha256((out / "result.json").read_bytes()).hexdigest()
+    assert pred["evidence"]["report.html"]["sha256"] == hashlib.sha256((out / "report.html").read_bytes()).hexdigest()
+
+
 def test_a_failed_render_leaves_no_partial_report(result: dict[str, Any], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "result.json"
