@@ -140,3 +140,20 @@ def test_a_failed_render_leaves_no_partial_report(result: dict[str, Any], tmp_pa
     assert out.exit_code == 1 and "No space left on device" in out.stderr
     assert (tmp_path / "report.html").read_text() == "previous report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "result.json"]  # no temporary left
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_html_snapshot_of_a_fixed_result() -> None:
+    """The report for a fixed result.json, byte for byte. After an intended change to the report, run
+    ``UPDATE_SNAPSHOTS=1 python -m pytest tests/test_reports.py`` and review the diff of the snapshot."""
+    import os
+
+    from audit.result import read_result
+
+    html = render_html(read_result(DATA / "fixed-result.json"))
+    snapshot = DATA / "fixed-report.html"
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        snapshot.write_text(html, encoding="utf-8")
+    assert html == snapshot.read_text(encoding="utf-8")
