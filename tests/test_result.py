@@ -31,7 +31,7 @@ def test_round_trip_and_volatile_keys(tmp_path: Path) -> None:
 def test_other_schema_versions_are_refused_by_name(tmp_path: Path) -> None:
     f = tmp_path / "old.json"
     f.write_text(json.dumps({"schema_version": "0.3"}))
-    with pytest.raises(ResultSchemaError, match="schema version 0.3; this distill-audit reads version 1.0"):
+    with pytest.raises(ResultSchemaError, match=f"schema version 0.3; this distill-audit reads version {SCHEMA_VERSION}"):
         read_result(f)
     f.write_text("{not json")
     with pytest.raises(ResultSchemaError, match="not a readable result file"):
