@@ -154,19 +154,17 @@ def compare_to_panel(student: np.ndarray, references: dict[str, np.ndarray], rng
         empty = PairedTest(0.0, 1.0, 0, 0.0)
         return PanelComparison(1.0, 1.0, {k: empty for k in refs}, PanelTest(nan, 1.0, len(refs) - 1),
                                sorted(refs)[0], nan, nan, nan, 0, nan, {k: nan for k in refs})
-    per_ref = {name: paired_greater(s, v) for name, v in refs.items()}
     means = {name: float(v.mean()) for name, v in refs.items()}
     closest = max(means, key=lambda k: (means[k], k))
     excess = s - refs[closest]
     ci_low, ci_high = bootstrap_mean_ci(excess, rng, level=ci_level)
-    prompt_se = float(excess.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    panel = panel_prediction_test(float(s.mean()), list(means.values()), floor_sd=prompt_se)
-    p_prompts = intersection_union([t.p_value for t in per_ref.values()])
+    per_ref, panel, p_prompts = _panel_tests(s, refs, closest, means)
     planted = math.nan
     if margin is not None:
         # Power check: the same student shifted so that it beats the closest reference by exactly the margin.
         shifted = s - float(excess.mean()) + margin
-        planted = _panel_p(shifted, refs, closest, means)
+        _, planted_panel, planted_prompts = _panel_tests(shifted, refs, closest, means)
+        planted = intersection_union([planted_prompts, planted_panel.p_value])
     return PanelComparison(
         p_value=intersection_union([p_prompts, panel.p_value]),
         p_prompts=p_prompts,
@@ -183,10 +181,12 @@ def compare_to_panel(student: np.ndarray, references: dict[str, np.ndarray], rng
     )
 
 
-def _panel_p(s: np.ndarray, refs: dict[str, np.ndarray], closest: str, means: dict[str, float]) -> float:
+def _panel_tests(s: np.ndarray, refs: dict[str, np.ndarray], closest: str,
+                 means: dict[str, float]) -> tuple[dict[str, PairedTest], PanelTest, float]:
+    """The two tests of :func:`compare_to_panel`: Wilcoxon against each reference (and the largest p), and the
+    panel prediction test with the prompt-level standard error as a floor on the panel's spread."""
+    per_ref = {name: paired_greater(s, v) for name, v in refs.items()}
     excess = s - refs[closest]
-    n = s.size
-    prompt_se = float(excess.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    prompt_se = float(excess.std(ddof=1) / math.sqrt(s.size)) if s.size > 1 else 0.0
     panel = panel_prediction_test(float(s.mean()), list(means.values()), floor_sd=prompt_se)
-    p_prompts = intersection_union([paired_greater(s, v).p_value for v in refs.values()])
-    return intersection_union([p_prompts, panel.p_value])
+    return per_ref, panel, intersection_union([t.p_value for t in per_ref.values()])

@@ -25,7 +25,7 @@ from audit.backends.base import Capability, GenerateParams
 from detectors import textsim
 from detectors.base import Detector, DetectorContext, Evidence, ModelHandle
 from detectors.output_similarity import greedy
-from detectors.panel import PANEL_NULL, aligned_steps, panel_evidence, suspects, teacher_sampling, top_gaps
+from detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_steps, top_gaps
 
 SELECTION = (
     "leave-one-out: the places scored for each model are those where fewer than half of the other models "
@@ -80,18 +80,14 @@ class TokenIdiosyncrasy(Detector):
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: IdiosyncrasyParams = self.params
-        gen = teacher_sampling(ctx, p.max_new_tokens, p.temperature)
-        conts = ctx.generate(ctx.teacher, ctx.prompts, gen)
-        texts = [prompt + c.text for prompt, c in zip(ctx.prompts, conts)]
-        models = suspects(ctx)
-        scored = {m.name: ctx.score(m, texts) for m in models}
-        values = {m.name: np.full(len(texts), np.nan) for m in models}
+        shared = teacher_steps(ctx, p.max_new_tokens, p.temperature)
+        conts = shared.continuations
+        values = {name: np.full(len(conts), np.nan) for name in shared.scored}
         places = 0
-        for i, c in enumerate(conts):
-            pos = aligned_steps(scored[ctx.student.name][i], c)
+        for i, (c, pos) in enumerate(zip(conts, shared.steps)):
             if pos is None:
                 continue
-            choices = {name: s[i].topk_ids[pos, 0] for name, s in scored.items()}
+            choices = {name: s[i].topk_ids[pos, 0] for name, s in shared.scored.items()}
             for name, v in _leave_one_out(choices, c.topk_ids[:, 0]).items():
                 values[name][i] = v
             places += len(pos)
@@ -105,7 +101,7 @@ class TokenIdiosyncrasy(Detector):
         return panel_evidence(
             self.name, ctx, values, null=self.null, statistic="agreement at the teacher's idiosyncrasies",
             margin=p.margin, examples=examples,
-            details={"selection": SELECTION, "candidate_steps": places, "teacher_decoding": gen.to_dict()},
+            details={"selection": SELECTION, "candidate_steps": places, "teacher_decoding": shared.params.to_dict()},
         )
 
 
@@ -185,7 +181,7 @@ def identity_observations(model: ModelHandle, names: Sequence[str], engine: Any,
     return {
         "ran": True,
         "model": model.name,
-        "chat_template": any(callable(format_chat) and format_chat(q) is not None for q in IDENTITY_QUESTIONS[:1]),
+        "chat_template": prompts[0] != f"Question: {IDENTITY_QUESTIONS[0]}\nAnswer:",
         "teacher_names": list(names),
         "answers": rows,
         "answers_naming_teacher": sum(bool(r["names_teacher"]) for r in rows),

@@ -14,6 +14,7 @@ Each detector gives, per prompt, one similarity per model; the test is the panel
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ import numpy as np
 from audit.backends.base import Capability, GenerateParams
 from detectors import textsim
 from detectors.base import Detector, DetectorContext, Evidence
-from detectors.panel import PANEL_NULL, aligned_steps, panel_evidence, suspects, teacher_sampling, top_gaps
+from detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_steps, top_gaps
 
 # -- token level -----------------------------------------------------------------------------------------
 
@@ -53,27 +54,22 @@ class _TokenLevel(Detector):
     Params = TokenParams
     statistic: ClassVar[str]
 
+    @abc.abstractmethod
     def step_similarity(self, t_ids: np.ndarray, t_lp: np.ndarray, m_ids: np.ndarray, m_lp: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Per teacher step: the similarity of a model's top-k to the teacher's (both [steps, k])."""
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: TokenParams = self.params
-        gen = teacher_sampling(ctx, p.max_new_tokens, p.temperature)
-        continuations = ctx.generate(ctx.teacher, ctx.prompts, gen)
-        texts = [prompt + c.text for prompt, c in zip(ctx.prompts, continuations)]
+        shared = teacher_steps(ctx, p.max_new_tokens, p.temperature)
+        continuations, steps = shared.continuations, shared.steps
         values: dict[str, np.ndarray] = {}
-        steps: list[np.ndarray | None] = []
-        for model in suspects(ctx):
-            scored = ctx.score(model, texts)
-            if not steps:
-                steps = [aligned_steps(s, c) for s, c in zip(scored, continuations)]
-            per_prompt = np.full(len(texts), np.nan)
+        for name, scored in shared.scored.items():
+            per_prompt = np.full(len(steps), np.nan)
             for i, (s, c, pos) in enumerate(zip(scored, continuations, steps)):
-                if pos is None:
-                    continue
-                sim = self.step_similarity(c.topk_ids, c.topk_logprobs, s.topk_ids[pos], s.topk_logprobs[pos])
-                per_prompt[i] = float(np.mean(sim))
-            values[model.name] = per_prompt
+                if pos is not None:
+                    sim = self.step_similarity(c.topk_ids, c.topk_logprobs, s.topk_ids[pos], s.topk_logprobs[pos])
+                    per_prompt[i] = float(np.mean(sim))
+            values[name] = per_prompt
 
         def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
             return [
@@ -92,7 +88,7 @@ class _TokenLevel(Detector):
             details={
                 "scored_steps": int(sum(len(s) for s in steps if s is not None)),
                 "prompts_left_out": sum(s is None for s in steps),
-                "teacher_decoding": gen.to_dict(),
+                "teacher_decoding": shared.params.to_dict(),
             },
         )
 
@@ -200,8 +196,9 @@ class _TextLevel(Detector):
     Params = TextParams
     statistic: ClassVar[str]
 
+    @abc.abstractmethod
     def similarity(self, teacher: str, other: str) -> float:
-        raise NotImplementedError
+        """How close ``other``'s continuation is to the teacher's, in [0, 1] (NaN: nothing to compare)."""
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: TextParams = self.params

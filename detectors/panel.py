@@ -8,6 +8,7 @@ and a model-level prediction test against the spread of the panel; both must rej
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -101,6 +102,28 @@ def teacher_sampling(ctx: DetectorContext, max_new_tokens: int, temperature: flo
         top_k=ctx.engine.score_top_k,
         seed=ctx.seed,
     )
+
+
+@dataclass(frozen=True)
+class TeacherSteps:
+    """The teacher's sampled continuations, every suspect model's scores of them, and per prompt the
+    positions that are the teacher's generated steps (None: left out, see :func:`aligned_steps`)."""
+
+    params: GenerateParams
+    continuations: list[Generation]
+    scored: dict[str, list[ScoredText]]
+    steps: list[np.ndarray | None]
+
+
+def teacher_steps(ctx: DetectorContext, max_new_tokens: int, temperature: float) -> TeacherSteps:
+    """One teacher generation and one scoring pass per suspect, shared (through the engine's cache) by every
+    token-level detector with the same settings."""
+    params = teacher_sampling(ctx, max_new_tokens, temperature)
+    continuations = ctx.generate(ctx.teacher, ctx.prompts, params)
+    texts = [prompt + c.text for prompt, c in zip(ctx.prompts, continuations)]
+    scored = {m.name: ctx.score(m, texts) for m in suspects(ctx)}
+    steps = [aligned_steps(s, c) for s, c in zip(scored[ctx.student.name], continuations)]
+    return TeacherSteps(params, continuations, scored, steps)
 
 
 def aligned_steps(scored: ScoredText, generation: Generation) -> np.ndarray | None:
