@@ -188,12 +188,14 @@ def run(ctx: click.Context, out: Path, fail_on: str | None, **kw: Any) -> None:
 
 
 def _write_outputs(out: Path, result: dict[str, Any]) -> None:
-    """result.json and report.html, each written whole or not at all (the report from the JSON alone)."""
-    from audit.result import write_atomic, write_result
+    """result.json and report.html, each written whole or not at all. The report is rendered (before anything
+    is written) from the serialised result, exactly what `render` reads back later."""
+    from audit.result import write_atomic
     from reports import render_html
 
-    html = render_html(json.loads(dumps(result)))  # exactly what `render` will see when it reads the file
-    write_result(out / "result.json", result)
+    text = dumps(result)
+    html = render_html(json.loads(text))
+    write_atomic(out / "result.json", text)
     write_atomic(out / "report.html", html)
 
 

@@ -454,7 +454,9 @@ class HFAdapter:
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
             )
-        except Exception:  # a template that cannot render one user turn: fall back to plain text
+        except Exception as exc:  # a template that cannot render one user turn: fall back to plain text
+            log.info("%s: chat template cannot render a single user turn (%s); using plain prompts",
+                     self.name, _first_line(exc))
             return None
         bos = self.tokenizer.bos_token
         # The template usually writes the BOS token itself; encoding adds it again otherwise.
