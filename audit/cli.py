@@ -146,14 +146,58 @@ def _out_dir(out: Path) -> Path:
     return out
 
 
+def _remote_options(func: F) -> F:
+    options = [
+        click.option("--teacher-url", default=None, metavar="URL",
+                     help="Teacher behind an OpenAI-compatible API (vLLM, TGI, llama.cpp server, ...), e.g. "
+                          "http://127.0.0.1:8000/v1; needs --teacher-model."),
+        click.option("--teacher-model", default=None, metavar="NAME", help="The teacher's model name at --teacher-url."),
+        click.option("--teacher-api-key-env", default=None, metavar="VAR",
+                     help="Environment variable holding the teacher API's key (the key is never written anywhere)."),
+        click.option("--teacher-tokenizer", default=None, metavar="DIR",
+                     help="A local copy of the remote or transcript teacher's tokenizer: lets token-level detectors "
+                          "compare ids (checked against the server) and counts its tokens."),
+        click.option("--teacher-transcript", type=click.Path(path_type=Path), default=None, metavar="JSONL",
+                     help="A closed teacher known only from its logged answers: OpenAI chat logs (messages + response, "
+                          "optional logprobs) or {\"prompt\", \"completion\"} lines. Its prompts become the probes."),
+        click.option("--student-url", default=None, metavar="URL", help="Student behind an OpenAI-compatible API."),
+        click.option("--student-model", default=None, metavar="NAME", help="The student's model name at --student-url."),
+        click.option("--student-api-key-env", default=None, metavar="VAR", help="Environment variable with its key."),
+        click.option("--student-tokenizer", default=None, metavar="DIR",
+                     help="A local copy of the remote student's tokenizer."),
+        click.option("--reference-url", "reference_urls", multiple=True, metavar="URL",
+                     help="A reference behind an OpenAI-compatible API (repeatable; pairs in order with "
+                          "--reference-model)."),
+        click.option("--reference-model", "reference_models", multiple=True, metavar="NAME",
+                     help="Model name for each --reference-url, in the same order."),
+        click.option("--reference-api-key-env", default=None, metavar="VAR",
+                     help="Environment variable with the key of the --reference-url servers."),
+        click.option("--api", type=click.Choice(["auto", "completions", "chat"]), default="auto", show_default=True,
+                     help="Which generation route of the APIs to use; auto: completions, else chat."),
+        click.option("--api-concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Requests in flight per API model."),
+        click.option("--api-timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+                     help="Seconds for one API request before it is retried."),
+        click.option("--api-retries", type=click.IntRange(min=0), default=6, show_default=True,
+                     help="Retries of a request after 429, 5xx, timeouts or cut-short answers (exponential backoff "
+                          "with jitter; Retry-After is honoured)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command()
-@click.option("--teacher", required=True, metavar="PATH|ID|GGUF",
-              help="Teacher model: checkpoint directory, cached hub id, or .gguf file.")
-@click.option("--student", required=True, metavar="PATH|ID|GGUF", help="The suspect student model.")
+@click.option("--teacher", default=None, metavar="PATH|ID|GGUF",
+              help="Teacher model: checkpoint directory, cached hub id, or .gguf file (or see --teacher-url, "
+                   "--teacher-transcript).")
+@click.option("--student", default=None, metavar="PATH|ID|GGUF", help="The suspect student model (or --student-url).")
 @click.option("--reference", "references", multiple=True, metavar="PATH|ID|GGUF",
               help="An independent reference model of a similar class; repeat for each (at least 2; 6+ give the "
                    "panel test power). Include a model trained on the teacher's data if you have one.")
-@click.option("--probes", default="default", show_default=True, help="A built-in probe set's name, or a .txt/.jsonl file.")
+@click.option("--probes", default=None,
+              help="A built-in probe set's name, or a .txt/.jsonl file [default: 'default', or the transcript's "
+                   "prompts with --teacher-transcript].")
 @click.option("--n-probes", type=click.IntRange(min=1), default=None, help="Use a seeded random subset of this many probes.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for sub-sampling, sampling and bootstraps.")
 @click.option("--alpha", default=0.01, show_default=True, type=float, help="Significance level of the verdict.")
@@ -164,6 +208,7 @@ def _out_dir(out: Path) -> Path:
 @click.option("--fail-on", type=click.Choice(["distilled", "inconclusive"]), default=None,
               help="CI gating: exit 1 (after writing the result) when the verdict is distilled, or with "
                    "'inconclusive' when it is anything but not-distilled.")
+@_remote_options
 @_model_options
 @click.pass_context
 @user_errors
@@ -175,8 +220,8 @@ def run(ctx: click.Context, out: Path, fail_on: str | None, **kw: Any) -> None:
     """
     from audit.runner import run_audit
 
-    spec = _spec(kw)
     out = _out_dir(out)
+    spec = _spec(kw, transcript_dir=out / "transcripts")
     result = run_audit(spec, progress=ctx.obj["progress"], command=sys.argv)
     _write_outputs(out, result)
     _print_verdict("audit", result, out / "result.json")
@@ -199,14 +244,53 @@ def _write_outputs(out: Path, result: dict[str, Any]) -> None:
     write_atomic(out / "report.html", html)
 
 
-def _spec(kw: dict[str, Any]) -> Any:
+def _source(kw: dict[str, Any], role: str) -> Any:
+    """The one model source given for a role: a local path, an API endpoint, or (teacher) a transcript."""
+    from audit.backends.openai_compat import RemoteModel
+    from audit.spec import TranscriptSource
+
+    local, url, name = kw.get(role), kw.get(f"{role}_url"), kw.get(f"{role}_model")
+    transcript = kw.get(f"{role}_transcript")
+    tokenizer = kw.get(f"{role}_tokenizer")
+    flags = [f"--{role}", f"--{role}-url"] + (["--teacher-transcript"] if role == "teacher" else [])
+    given = [x for x in (local, url, transcript) if x]
+    if len(given) != 1:
+        raise UsageError(f"give exactly one of {', '.join(flags)} ({'several' if given else 'none'} given)")
+    if name and not url:
+        raise UsageError(f"--{role}-model names the model at --{role}-url; give the URL too")
+    if kw.get(f"{role}_api_key_env") and not url:
+        raise UsageError(f"--{role}-api-key-env is for a model behind an API (--{role}-url)")
+    if url:
+        if not name:
+            raise UsageError(f"--{role}-url needs --{role}-model NAME (the name the server knows the model by)")
+        return RemoteModel(url, name, kw.get(f"{role}_api_key_env"), tokenizer, kw.get("api") or "auto")
+    if tokenizer and not transcript:
+        raise UsageError(f"--{role}-tokenizer is for a model behind an API or a transcript; a local model has its own")
+    if transcript:
+        return TranscriptSource(Path(transcript), tokenizer)
+    return local
+
+
+def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
     from audit.backends.hf import LoadOptions
+    from audit.backends.http import HTTPSettings
+    from audit.backends.openai_compat import RemoteModel
     from audit.spec import AuditSpec
 
+    urls, names = kw.get("reference_urls", ()), kw.get("reference_models", ())
+    if len(urls) != len(names):
+        raise UsageError(f"each --reference-url needs its --reference-model, in the same order "
+                         f"({len(urls)} URL(s), {len(names)} name(s))")
+    remote_refs = tuple(RemoteModel(u, n, kw.get("reference_api_key_env"), None, kw.get("api") or "auto")
+                        for u, n in zip(urls, names))
+    http = HTTPSettings(concurrency=kw.get("api_concurrency", 4), timeout=kw.get("api_timeout", 120.0),
+                        max_retries=kw.get("api_retries", 6))
     return AuditSpec(
-        teacher=kw["teacher"],
-        student=kw["student"],
-        references=tuple(kw["references"]),
+        teacher=_source(kw, "teacher"),
+        student=_source(kw, "student"),
+        references=tuple(kw["references"]) + remote_refs,
+        http=http,
+        transcript_dir=transcript_dir,
         probes=kw["probes"],
         n_probes=kw["n_probes"],
         seed=kw["seed"],

@@ -4,6 +4,10 @@ Requests are de-duplicated, looked up in the cache, sorted by length, packed int
 token budget (padded tokens count), computed, committed to the cache batch by batch, and returned in
 the caller's order. An out-of-memory error halves the batch and retries, and lowers the budget for
 the rest of the run.
+
+Remote backends (``streams_results``: an HTTP API) get every missing request at once, limit their own
+concurrency, and hand each answer back as it arrives; the engine commits it to the cache there and then,
+so an audit killed mid-way loses no answer already received and a restart re-sends none.
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ class Engine:
             {"top_k": k},
             texts,
             lengths=adapter.count_tokens,
-            compute=lambda batch: adapter.score(batch, k),
+            compute=lambda batch, **kw: adapter.score(batch, k, **kw),
             to_arrays=_score_to_arrays,
             from_arrays=lambda a: ScoredText(**a),
         )
@@ -142,7 +146,7 @@ class Engine:
             params.to_dict(),
             prompts,
             lengths=lambda batch: [n + extra for n in adapter.count_tokens(batch)],
-            compute=lambda batch: adapter.generate(batch, params),
+            compute=lambda batch, **kw: adapter.generate(batch, params, **kw),
             to_arrays=_gen_to_arrays,
             from_arrays=_gen_from_arrays,
         )
@@ -155,7 +159,7 @@ class Engine:
             {"layers": layer_list},
             texts,
             lengths=adapter.count_tokens,
-            compute=lambda batch: adapter.hidden_states(batch, layer_list),
+            compute=lambda batch, **kw: adapter.hidden_states(batch, layer_list, **kw),
             to_arrays=lambda h: {"h": h},
             from_arrays=lambda a: a["h"],
         )
@@ -168,7 +172,7 @@ class Engine:
         params: Mapping[str, object],
         inputs: Sequence[str],
         lengths: Callable[[Sequence[str]], list[int]],
-        compute: Callable[[list[str]], Sequence[T]],
+        compute: Callable[..., Sequence[T]],
         to_arrays: Callable[[T], Mapping[str, np.ndarray]],
         from_arrays: Callable[[dict[str, np.ndarray]], T],
     ) -> list[T]:
@@ -194,22 +198,52 @@ class Engine:
         kind: str,
         todo: Mapping[str, str],
         lengths: Callable[[Sequence[str]], list[int]],
-        compute: Callable[[list[str]], Sequence[T]],
+        compute: Callable[..., Sequence[T]],
         to_arrays: Callable[[T], Mapping[str, np.ndarray]],
     ) -> None:
         todo_keys = list(todo)
         texts = [todo[k] for k in todo_keys]
-        sizes = lengths(texts)
         limit = adapter.context_length
+        if getattr(adapter, "streams_results", False):
+            # a remote server checks its own context and refuses what does not fit, with its own message
+            self._stream(adapter, kind, todo_keys, texts, compute, to_arrays)
+            return
+        sizes = lengths(texts)
         if limit is not None:
-            for text, size in zip(texts, sizes):
-                if size > limit:
-                    preview = text[:60].replace("\n", " ")
-                    raise ProbeTooLongError(
-                        f"{adapter.name}: input of {size} tokens (with the tokens to generate) is longer "
-                        f"than its context of {limit}: {preview!r}... ; shorten the prompt or lower "
-                        "--max-new-tokens (distill-audit refuses rather than silently truncating)"
-                    )
+            self._check_context(adapter, texts, sizes, limit)
+        self._batched(adapter, kind, todo, todo_keys, texts, sizes, compute, to_arrays)
+
+    @staticmethod
+    def _check_context(adapter: ModelAdapter, texts: Sequence[str], sizes: Sequence[int], limit: int) -> None:
+        for text, size in zip(texts, sizes):
+            if size > limit:
+                preview = text[:60].replace("\n", " ")
+                raise ProbeTooLongError(
+                    f"{adapter.name}: input of {size} tokens (with the tokens to generate) is longer "
+                    f"than its context of {limit}: {preview!r}... ; shorten the prompt or lower "
+                    "--max-new-tokens (distill-audit refuses rather than silently truncating)"
+                )
+
+    def _stream(self, adapter: ModelAdapter, kind: str, keys: list[str], texts: list[str],
+                compute: Callable[..., Sequence[T]], to_arrays: Callable[[T], Mapping[str, np.ndarray]]) -> None:
+        bar = tqdm(total=len(texts), desc=f"{kind} {adapter.name}", unit="request",
+                   disable=(not self.progress) if self.progress is not None else None, leave=False)
+
+        def commit(i: int, result: T) -> None:
+            self.cache.put_many([(keys[i], pack_arrays(to_arrays(result)))])
+            self._memo[keys[i]] = result
+            self.stats.computed += 1
+            bar.update(1)
+
+        try:
+            compute(texts, on_result=commit)
+            self.stats.batches += 1
+        finally:
+            bar.close()
+
+    def _batched(self, adapter: ModelAdapter, kind: str, todo: Mapping[str, str], todo_keys: list[str],
+                 texts: list[str], sizes: list[int], compute: Callable[..., Sequence[T]],
+                 to_arrays: Callable[[T], Mapping[str, np.ndarray]]) -> None:
         bar = tqdm(
             total=len(texts),
             desc=f"{kind} {adapter.name}",

@@ -20,9 +20,9 @@ from audit.cache import InferenceCache
 from audit.engine import Engine, default_token_budget
 from audit.errors import CapabilityError, UsageError
 from audit.logs import LoggedOutput, load_outputs, pair_outputs
-from audit.probes import load_probe_set
+from audit.probes import ProbeSet, load_probe_set, prompts_hash
 from audit.result import SCHEMA_VERSION
-from audit.spec import AuditSpec
+from audit.spec import AuditSpec, ModelSource, TranscriptSource, describe_source
 from detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
 from detectors.fingerprint import identity_observations
 from detectors.membership import SCORES as MEMBERSHIP_SCORES
@@ -35,6 +35,28 @@ Loader = Callable[[str, LoadOptions, str], ModelAdapter]
 
 def _load_hf(source: str, options: LoadOptions, name: str) -> ModelAdapter:
     return HFAdapter.load(source, options, name=name)
+
+
+def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _load_hf) -> ModelAdapter:
+    """The adapter for one model: a local checkpoint (through ``loader``), an HTTP API or a transcript."""
+    from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
+
+    role = name.split("-")[0]
+    if isinstance(source, RemoteModel):
+        transcript = spec.transcript_dir / f"{name}.jsonl" if spec.transcript_dir is not None else None
+        return OpenAIAdapter.connect(source, name, spec.http, transcript, flag=f"--{role}-url")
+    if isinstance(source, TranscriptSource):
+        from audit.backends.remote import TokenMap
+        from audit.backends.transcript import TranscriptAdapter
+
+        token_map = TokenMap.load(source.tokenizer, f"--{role}-tokenizer") if source.tokenizer else None
+        return TranscriptAdapter.load(source.path, name=name, token_map=token_map)
+    return loader(source, spec.load, name)
+
+
+def _transcript_probes(adapter: ModelAdapter, path: str) -> ProbeSet:
+    prompts = tuple(adapter.prompts)  # type: ignore[attr-defined]
+    return ProbeSet("transcript", "file", path, prompts, prompts_hash(prompts), len(prompts))
 
 
 def select_detectors(names: Sequence[str], spec: AuditSpec | None = None) -> list[Detector]:
@@ -81,6 +103,8 @@ def _check_spec(spec: AuditSpec) -> None:
         raise UsageError("--teacher-fresh needs --teacher-logs: fresh outputs are compared with logged ones")
     if not spec.fresh_temperature >= 0:
         raise UsageError(f"--fresh-temperature must be 0 or more, got {spec.fresh_temperature}")
+    if isinstance(spec.teacher, TranscriptSource) and spec.teacher_logs is not None and spec.teacher_fresh is None:
+        raise UsageError("a transcript teacher cannot draw fresh answers: give them with --teacher-fresh")
 
 
 def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: Engine, seed: int,
@@ -88,8 +112,9 @@ def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: E
     """A fresh teacher answer for every logged one: same prompt, same length in teacher tokens, seeded.
 
     The k-th repeat of a prompt gets its own seed, so repeated prompts get different fresh answers."""
-    if Capability.GENERATE not in teacher.adapter.capabilities:
-        raise CapabilityError("the teacher cannot generate here, so give fresh outputs with --teacher-fresh")
+    if Capability.GENERATE not in teacher.adapter.capabilities or not getattr(teacher.adapter, "live", True):
+        raise CapabilityError("fresh teacher answers cannot be drawn here (the teacher is a transcript, or cannot "
+                              "generate), so give them with --teacher-fresh")
     full = teacher.adapter.count_tokens([o.prompt + o.completion for o in logged])
     prompt_only = teacher.adapter.count_tokens([o.prompt for o in logged])
     seen: dict[str, int] = defaultdict(int)
@@ -159,6 +184,18 @@ def negative_controls(detectors: Sequence[Detector], ctx: DetectorContext, alpha
     return results, warnings
 
 
+def _runtime(adapter: ModelAdapter) -> dict[str, Any]:
+    """The adapter's record of where and how it ran; a request transcript is bound by its sha256."""
+    import hashlib
+    from pathlib import Path
+
+    runtime = dict(getattr(adapter, "runtime", {}))
+    path = runtime.get("transcript")
+    if isinstance(path, str) and Path(path).exists():
+        runtime["transcript_sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return runtime
+
+
 def run_audit(
     spec: AuditSpec,
     progress: bool | None = None,
@@ -170,7 +207,14 @@ def run_audit(
     created_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     _check_spec(spec)
     detectors = select_detectors(spec.detectors, spec)
-    probe_set = load_probe_set(spec.probes).subsample(spec.n_probes, spec.seed)
+    transcript_teacher = None
+    if isinstance(spec.teacher, TranscriptSource):  # cheap to read: done first, it may supply the probes
+        transcript_teacher = connect(spec.teacher, spec, "teacher", loader)
+    if spec.probes is None and transcript_teacher is not None:
+        probe_set = _transcript_probes(transcript_teacher, str(spec.teacher.path))  # type: ignore[union-attr]
+    else:
+        probe_set = load_probe_set(spec.probes or "default")
+    probe_set = probe_set.subsample(spec.n_probes, spec.seed)
     logged = load_outputs(spec.teacher_logs, "--teacher-logs") if spec.teacher_logs else None
     fresh_file = load_outputs(spec.teacher_fresh, "--teacher-fresh") if spec.teacher_fresh else None
     if logged is not None and fresh_file is not None:
@@ -196,10 +240,11 @@ def run_audit(
         )
 
     t_load = time.perf_counter()
-    teacher = ModelHandle("teacher", "teacher", restrict(loader(spec.teacher, spec.load, "teacher"), spec.teacher_access))
-    student = ModelHandle("student", "student", loader(spec.student, spec.load, "student"))
+    teacher_adapter = transcript_teacher or connect(spec.teacher, spec, "teacher", loader)
+    teacher = ModelHandle("teacher", "teacher", restrict(teacher_adapter, spec.teacher_access))
+    student = ModelHandle("student", "student", connect(spec.student, spec, "student", loader))
     references = tuple(
-        ModelHandle("reference", f"reference-{i + 1}", loader(src, spec.load, f"reference-{i + 1}"))
+        ModelHandle("reference", f"reference-{i + 1}", connect(src, spec, f"reference-{i + 1}", loader))
         for i, src in enumerate(spec.references)
     )
     load_seconds = time.perf_counter() - t_load
@@ -241,9 +286,13 @@ def run_audit(
             observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
     finally:
         cache.close()
+        for h in (teacher, student, *references):
+            close = getattr(getattr(h.adapter, "inner", h.adapter), "close", None)
+            if callable(close):
+                close()
     result_verdict = verdict(evidence, spec.alpha, warnings, method=spec.combination)
     handles = [teacher, student, *references]
-    sources = [spec.teacher, spec.student, *spec.references]
+    sources = [describe_source(s) for s in spec.sources]
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
@@ -257,7 +306,7 @@ def run_audit(
                 "fingerprint": h.adapter.fingerprint,
                 "capabilities": sorted(c.value for c in h.adapter.capabilities),
                 "context_length": h.adapter.context_length,
-                "runtime": getattr(h.adapter, "runtime", {}),
+                "runtime": _runtime(h.adapter),
             }
             for h, src in zip(handles, sources)
         ],

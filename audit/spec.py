@@ -7,14 +7,34 @@ from pathlib import Path
 from typing import Any
 
 from audit.backends.hf import LoadOptions
+from audit.backends.http import HTTPSettings
+from audit.backends.openai_compat import RemoteModel
+
+
+@dataclass(frozen=True)
+class TranscriptSource:
+    """A closed teacher known only from a file of its logged answers."""
+
+    path: Path
+    tokenizer: str | None = None  # local copy of the teacher's tokenizer, to count and map its tokens
+
+    def describe(self) -> str:
+        return f"transcript {self.path}"
+
+
+ModelSource = str | RemoteModel | TranscriptSource  # str: a local checkpoint directory, hub id or .gguf file
+
+
+def describe_source(source: ModelSource) -> str:
+    return source if isinstance(source, str) else source.describe()
 
 
 @dataclass(frozen=True)
 class AuditSpec:
-    teacher: str
-    student: str
-    references: tuple[str, ...] = ()
-    probes: str = "default"
+    teacher: ModelSource
+    student: ModelSource
+    references: tuple[ModelSource, ...] = ()
+    probes: str | None = "default"  # None: the transcript's prompts for a transcript teacher, else "default"
     n_probes: int | None = None
     seed: int = 0
     alpha: float = 0.01
@@ -31,6 +51,16 @@ class AuditSpec:
     teacher_access: str = "white"  # white | gray | black: audit the teacher as if only this access existed
     combination: str = "bonferroni"  # bonferroni | cauchy
     negative_controls: bool = True  # each reference in the student's seat against the rest of the panel
+    http: HTTPSettings = field(default_factory=HTTPSettings)  # for models behind an API
+    transcript_dir: Path | None = None  # where API request/response transcripts go; None: not kept
+
+    @property
+    def sources(self) -> tuple[ModelSource, ...]:
+        return (self.teacher, self.student, *self.references)
+
+    @property
+    def remote(self) -> bool:
+        return any(not isinstance(s, str) for s in self.sources)
 
     def settings(self) -> dict[str, Any]:
         """The settings that decide the numbers (paths and cache location are recorded elsewhere)."""
@@ -52,4 +82,5 @@ class AuditSpec:
             "teacher_access": self.teacher_access,
             "combination": self.combination,
             "negative_controls": self.negative_controls,
+            **({"http": self.http.to_dict()} if self.remote else {}),
         }

@@ -46,6 +46,14 @@ class RestrictedAdapter:
     def context_length(self) -> int | None:
         return self.inner.context_length
 
+    @property
+    def streams_results(self) -> bool:
+        return bool(getattr(self.inner, "streams_results", False))
+
+    @property
+    def live(self) -> bool:
+        return bool(getattr(self.inner, "live", True))
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.inner.count_tokens(texts)
 
@@ -53,17 +61,17 @@ class RestrictedAdapter:
         if cap not in self.capabilities:
             raise CapabilityError(f"{self.name} is audited with {self.access}-box access, which gives no {cap.value}")
 
-    def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+    def score(self, texts: Sequence[str], top_k: int, **kw: Any) -> list[ScoredText]:
         self._need(Capability.SCORE)
-        return self.inner.score(texts, top_k)
+        return self.inner.score(texts, top_k, **kw)
 
-    def generate(self, prompts: Sequence[str], params: GenerateParams) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], params: GenerateParams, **kw: Any) -> list[Generation]:
         self._need(Capability.GENERATE)
-        return self.inner.generate(prompts, params)
+        return self.inner.generate(prompts, params, **kw)
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[Any]:
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int], **kw: Any) -> list[Any]:
         self._need(Capability.HIDDEN_STATES)
-        return self.inner.hidden_states(texts, layers)
+        return self.inner.hidden_states(texts, layers, **kw)
 
 
 def restrict(adapter: ModelAdapter, access: str) -> ModelAdapter:

@@ -1,0 +1,465 @@
+"""A model behind an OpenAI-compatible HTTP API (vLLM, TGI, llama.cpp's server, SGLang, hosted APIs).
+
+What the endpoint can do is found out once, when the model is connected, with three tiny requests:
+
+* **generate**: ``/v1/completions`` (plain-text continuation, like a local model), else
+  ``/v1/chat/completions`` (the prompt sent as one user turn). Top-k log-probs of the generated tokens
+  come from ``logprobs`` (completions) or ``logprobs``/``top_logprobs`` (chat).
+* **score a given text**: ``/v1/completions`` with ``echo=true, logprobs=k, max_tokens=0`` (vLLM; top-k
+  alternatives at every prompt position), else TGI's native ``/generate`` with ``decoder_input_details``
+  (log-prob of each prompt token, no alternatives). The first token has no log-prob, as locally.
+* **token ids**: vLLM returns them with ``return_tokens_as_token_ids``; otherwise token strings are mapped
+  through a local copy of the tokenizer (``--*-tokenizer``). Token ids are compared across models only
+  when that tokenizer is given and agrees with the server on a test text.
+
+The backend declares exactly the capabilities found; detectors that need more are skipped with the
+reason. Requests for one batch go out concurrently (``HTTPSettings.concurrency``) and each answer is
+handed to the engine as it arrives, so the engine's cache commits it at once and a restarted audit
+re-sends nothing already answered. Log-probs from an API carry no entropy or variance over the whole
+vocabulary, so scores from it leave those NaN/empty (the Min-K%++ membership score is then unavailable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from audit.backends.base import Capability, GenerateParams, Generation, ScoredText
+from audit.backends.http import (
+    HTTPSettings,
+    JSONClient,
+    RejectedError,
+    RemoteError,
+    Transcript,
+    parse_endpoint,
+)
+from audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
+from audit.errors import CapabilityError, UsageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+APIS = ("auto", "completions", "chat")
+_PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3"
+_IDS_EXTENSION = {"return_tokens_as_token_ids": True}  # vLLM: token strings become "token_id:N"
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """One model reached over HTTP, as the user configured it. Holds the key's variable name, never the key."""
+
+    url: str
+    model: str
+    api_key_env: str | None = None
+    tokenizer: str | None = None  # local copy of the served model's tokenizer
+    api: str = "auto"  # auto | completions | chat
+
+    def describe(self) -> str:
+        return f"openai-compatible {self.url} model {self.model}"
+
+
+def _invalid(name: str, what: str) -> RemoteError:
+    return RemoteError(f"{name}: the server's answer {what}; it does not speak the OpenAI format this backend expects")
+
+
+def _choice(answer: Any, name: str) -> dict[str, Any]:
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _invalid(name, "has no choices")
+    return choices[0]
+
+
+def _top_rows(rows: Sequence[Any], k: int, token_map: TokenMap | None) -> tuple[np.ndarray, np.ndarray]:
+    """[n, k] ids and log-probs from per-position alternatives ({token: logprob} or [{token, logprob}])."""
+    ids = np.full((len(rows), k), UNKNOWN_ID, dtype=np.int64)
+    lps = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    for i, row in enumerate(rows):
+        if row is None:
+            ids[i], lps[i] = -1, np.nan
+            continue
+        if isinstance(row, dict):
+            pairs = [(str(t), float(v)) for t, v in row.items() if v is not None]
+        else:
+            pairs = [(str(a["token"]), float(a["logprob"])) for a in row if a.get("logprob") is not None]
+        pairs.sort(key=lambda tv: -tv[1])
+        pairs = pairs[:k]
+        if pairs:
+            ids[i, : len(pairs)] = parse_token_ids([t for t, _ in pairs], token_map)
+            lps[i, : len(pairs)] = [v for _, v in pairs]
+    return ids, lps
+
+
+class OpenAIAdapter:
+    """The ModelAdapter contract over an OpenAI-compatible endpoint. Build with :meth:`connect`."""
+
+    live = True  # it can answer new prompts (a transcript cannot)
+    streams_results = True  # the engine passes on_result and commits each answer as it arrives
+
+    def __init__(self, name: str, config: RemoteModel, client: JSONClient, token_map: TokenMap | None):
+        self.name = name
+        self.config = config
+        self.client = client
+        self.token_map = token_map
+        self._caps: set[Capability] = set()
+        self.generate_api: str | None = None  # "completions" | "chat"
+        self.score_route: str | None = None  # "echo" | "tgi"
+        self.ids_from_server = False
+        self._score_max_tokens = 0
+        self._tokenize_route: str | None = None  # "vllm" | "llama.cpp"
+        self._context: int | None = None
+        self._tokenizer_checked = False
+        self._fingerprint = remote_fingerprint("openai-compatible", client.endpoint.url, config.model, None)
+
+    # -- connecting ---------------------------------------------------------------------------------
+    @classmethod
+    def connect(cls, config: RemoteModel, name: str, settings: HTTPSettings = HTTPSettings(),
+                transcript_path: Path | None = None, flag: str = "--url") -> "OpenAIAdapter":
+        if config.api not in APIS:
+            raise UsageError(f"unknown API {config.api!r}; known: {', '.join(APIS)}")
+        if not config.model:
+            raise UsageError(f"{flag} needs the served model's name as well (--{name.split('-')[0]}-model NAME)")
+        endpoint = parse_endpoint(config.url, flag)
+        key = None
+        if config.api_key_env:
+            key = os.environ.get(config.api_key_env)
+            if not key:
+                raise UsageError(f"the environment variable {config.api_key_env} (named for {name}'s API key) "
+                                 "is not set or is empty")
+        token_map = TokenMap.load(config.tokenizer, f"--{name.split('-')[0]}-tokenizer") if config.tokenizer else None
+        transcript = Transcript(transcript_path, key) if transcript_path is not None else None
+        client = JSONClient(endpoint, name, key, settings, transcript, config.api_key_env)
+        adapter = cls(name, config, client, token_map)
+        adapter._discover()
+        return adapter
+
+    def _try(self, path: str, body: dict[str, Any], root: bool = False) -> Any | None:
+        """The answer, or None when the server refuses the request as such (route or option not offered)."""
+        try:
+            return self.client.post(path, body, root=root)
+        except RejectedError as exc:
+            if exc.status in (401, 403):
+                raise
+            log.info("%s: %s not offered (HTTP %d: %s)", self.name, path, exc.status, exc.detail)
+            return None
+
+    def _discover(self) -> None:
+        """Which routes and options the endpoint honours; sets capabilities, token-id source and context."""
+        model = self.config.model
+        try:
+            listing = self.client.get("/models")
+        except RejectedError as exc:
+            if exc.status in (401, 403):
+                raise
+            listing = None
+        if isinstance(listing, dict) and isinstance(listing.get("data"), list):
+            served = {str(m.get("id")): m for m in listing["data"] if isinstance(m, dict)}
+            if served and model not in served:
+                raise UsageError(f"{self.name}: {self.client.endpoint.url} does not serve model {model!r}; it serves: "
+                                 f"{', '.join(sorted(served)[:10])}")
+            length = served.get(model, {}).get("max_model_len")
+            if isinstance(length, int) and length > 0:
+                self._context = length
+
+        # generation: completions first (continuation of plain text, as for local models), then chat
+        gen_body = {"model": model, "prompt": "Hello", "max_tokens": 2, "temperature": 0, "logprobs": 2}
+        answer = None
+        if self.config.api in ("auto", "completions"):
+            answer = self._try("/completions", dict(gen_body, **_IDS_EXTENSION))
+            if answer is not None:
+                self.ids_from_server = True
+            else:
+                answer = self._try("/completions", gen_body)
+            if answer is not None:
+                self.generate_api = "completions"
+                logprobs = _choice(answer, self.name).get("logprobs") or {}
+                tokens = logprobs.get("tokens") or []
+                self.ids_from_server = self.ids_from_server and all(str(t).startswith("token_id:") for t in tokens)
+                if logprobs.get("top_logprobs"):
+                    self._caps.add(Capability.GENERATE_TOPK)
+        if answer is None and self.config.api in ("auto", "chat"):
+            chat_body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2,
+                         "temperature": 0, "logprobs": True, "top_logprobs": 2}
+            answer = self._try("/chat/completions", dict(chat_body, **_IDS_EXTENSION))
+            if answer is not None:
+                self.ids_from_server = True
+            else:
+                answer = self._try("/chat/completions", chat_body)
+            if answer is not None:
+                self.generate_api = "chat"
+                content = (_choice(answer, self.name).get("logprobs") or {}).get("content") or []
+                self.ids_from_server = self.ids_from_server and all(
+                    str(c.get("token", "")).startswith("token_id:") for c in content)
+                if content and all(c.get("top_logprobs") for c in content):
+                    self._caps.add(Capability.GENERATE_TOPK)
+        if answer is None:
+            raise RemoteError(f"{self.name}: {self.client.endpoint.url} generates with neither /completions nor "
+                              f"/chat/completions for model {model!r}; see the transcript for its answers")
+        self._caps.add(Capability.GENERATE)
+
+        # scoring a given text: echo with max_tokens=0 (vLLM), max_tokens=1 cut back, or TGI's /generate
+        for max_tokens in (0, 1):
+            body = {"model": model, "prompt": _PROBE_TEXT, "max_tokens": max_tokens, "echo": True,
+                    "logprobs": 1, "temperature": 0}
+            if self.ids_from_server:
+                body.update(_IDS_EXTENSION)
+            answer = self._try("/completions", body) if self.generate_api == "completions" else None
+            if answer is None:
+                break
+            lp = _choice(answer, self.name).get("logprobs") or {}
+            if len(lp.get("token_logprobs") or []) >= 2 and lp.get("text_offset"):
+                self.score_route, self._score_max_tokens = "echo", max_tokens
+                self._caps.add(Capability.SCORE)
+                if any(row for row in (lp.get("top_logprobs") or [])[1:]):
+                    self._caps.add(Capability.SCORE_TOPK)
+                break
+        if self.score_route is None:
+            tgi = self._try("/generate", {"inputs": _PROBE_TEXT, "parameters": {
+                "max_new_tokens": 1, "details": True, "decoder_input_details": True}}, root=True)
+            prefill = ((tgi or {}).get("details") or {}).get("prefill") if isinstance(tgi, dict) else None
+            if prefill and "".join(str(t.get("text", "")) for t in prefill).endswith(_PROBE_TEXT[-10:]):
+                self.score_route = "tgi"
+                self.ids_from_server = self.ids_from_server or all("id" in t for t in prefill)
+                self._caps.add(Capability.SCORE)
+
+        # counting tokens: the local tokenizer, else the server's /tokenize
+        if self.token_map is None:
+            routes: tuple[tuple[str, dict[str, Any]], ...] = (
+                ("vllm", {"model": model, "prompt": "Hello"}), ("llama.cpp", {"content": "Hello"}))
+            for route, tok_body in routes:
+                got = self._try("/tokenize", tok_body, root=True)
+                if isinstance(got, dict) and isinstance(got.get("tokens"), list):
+                    self._tokenize_route = route
+                    if self._context is None and isinstance(got.get("max_model_len"), int):
+                        self._context = got["max_model_len"]
+                    break
+        else:
+            self._check_tokenizer()
+        log.info("%s: %s via %s; capabilities %s; token ids %s", self.name, self.client.endpoint.url,
+                 self.generate_api, ", ".join(sorted(c.value for c in self._caps)), self._ids_source)
+
+    def _check_tokenizer(self) -> None:
+        """The local tokenizer must tokenise like the server, or token ids would be compared wrongly."""
+        assert self.token_map is not None
+        server_ids: list[int] | None = None
+        if self.score_route == "echo":
+            (scored,) = self._score_batch([_PROBE_TEXT], 1)
+            server_ids = [int(i) for i in scored.token_ids]
+        else:
+            got = self._try("/tokenize", {"model": self.config.model, "prompt": _PROBE_TEXT}, root=True)
+            if isinstance(got, dict) and isinstance(got.get("tokens"), list):
+                server_ids = [int(t) for t in got["tokens"]]
+        flag = f"--{self.name.split('-')[0]}-tokenizer"
+        if server_ids is None:
+            log.warning("%s: cannot check %s against the server (no echo scoring, no /tokenize); trusting it",
+                        self.name, flag)
+        elif server_ids != self.token_map.encode(_PROBE_TEXT) and server_ids != self.token_map.encode(_PROBE_TEXT)[1:]:
+            raise UsageError(f"{flag} {self.token_map.source}: tokenises a test text differently from the server "
+                             f"({len(server_ids)} vs {len(self.token_map.encode(_PROBE_TEXT))} tokens); it is not the "
+                             "served model's tokenizer")
+        self._tokenizer_checked = True
+        self._fingerprint = remote_fingerprint("openai-compatible", self.client.endpoint.url, self.config.model,
+                                               self.token_map.fingerprint)
+
+    @property
+    def _ids_source(self) -> str:
+        if self.ids_from_server:
+            return "server"
+        return "local tokenizer" if self.token_map is not None else "unknown"
+
+    # -- contract ------------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset(self._caps)
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        return dict(self._fingerprint)
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "backend": "openai-compatible",
+            "url": self.client.endpoint.url,
+            "model": self.config.model,
+            "generate_api": self.generate_api,
+            "score_route": self.score_route,
+            "token_ids": self._ids_source,
+            "tokenizer": self.token_map.source if self.token_map is not None else None,
+            "api_key_env": self.config.api_key_env,
+            "requests": self.client.requests,
+            "retries": self.client.retries,
+            "http": self.client.settings.to_dict(),
+            "device": "remote",
+        }
+        if self.client.transcript is not None:
+            out["transcript"] = str(self.client.transcript.path)
+        return out
+
+    @property
+    def context_length(self) -> int | None:
+        return self._context
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if self.token_map is not None:
+            return self.token_map.count(texts)
+        if self._tokenize_route is None:
+            raise CapabilityError(f"{self.name}: the server offers no /tokenize, so its tokens cannot be counted here; "
+                                  f"give the model's tokenizer with --{self.name.split('-')[0]}-tokenizer DIR")
+
+        def one(text: str) -> int:
+            body = ({"model": self.config.model, "prompt": text} if self._tokenize_route == "vllm"
+                    else {"content": text, "add_special": True})
+            got = self.client.post("/tokenize", body, root=True)
+            if not isinstance(got, dict) or not isinstance(got.get("tokens"), list):
+                raise _invalid(self.name, "to /tokenize holds no token list")
+            return len(got["tokens"])
+
+        return self._concurrently(one, texts)
+
+    def _concurrently(self, fn: Callable[[str], T], items: Sequence[str],
+                      on_result: Callable[[int, T], None] | None = None) -> list[T]:
+        """``fn`` over items with at most ``concurrency`` in flight; results in order. ``on_result`` sees each
+        result (on this thread) as soon as it arrives. The first failure cancels what has not started."""
+        results: list[Any] = [None] * len(items)
+        if not items:
+            return results
+        with ThreadPoolExecutor(max_workers=max(1, self.client.settings.concurrency),
+                                thread_name_prefix=f"http-{self.name}") as pool:
+            pending: dict[Future[T], int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        i = pending.pop(fut)
+                        results[i] = fut.result()
+                        if on_result is not None:
+                            on_result(i, results[i])
+            finally:
+                for fut in pending:
+                    fut.cancel()
+        return results
+
+    # -- generate ------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], params: GenerateParams,
+                 on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
+        return self._concurrently(lambda p: self._generate_one(p, params), prompts, on_result)
+
+    def _generate_one(self, prompt: str, params: GenerateParams) -> Generation:
+        k = max(1, params.top_k)
+        want_topk = Capability.GENERATE_TOPK in self._caps
+        body: dict[str, Any] = {"model": self.config.model, "max_tokens": params.max_new_tokens,
+                                "temperature": params.temperature if params.do_sample else 0.0, "seed": params.seed}
+        if params.do_sample:
+            body["top_p"] = 1.0
+        if self.ids_from_server:
+            body.update(_IDS_EXTENSION)
+        if self.generate_api == "completions":
+            body.update(prompt=prompt, logprobs=k if want_topk else 0)
+            choice = _choice(self.client.post("/completions", body), self.name)
+            text = choice.get("text")
+            lp = choice.get("logprobs") or {}
+            tokens, token_lps, tops = lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")
+        else:
+            body.update(messages=[{"role": "user", "content": prompt}], logprobs=want_topk)
+            if want_topk:
+                body["top_logprobs"] = k
+            choice = _choice(self.client.post("/chat/completions", body), self.name)
+            text = (choice.get("message") or {}).get("content")
+            content = (choice.get("logprobs") or {}).get("content")
+            tokens = [c.get("token") for c in content] if isinstance(content, list) else None
+            token_lps = [c.get("logprob") for c in content] if isinstance(content, list) else None
+            tops = [c.get("top_logprobs") for c in content] if isinstance(content, list) else None
+        if not isinstance(text, str):
+            raise _invalid(self.name, "holds no generated text")
+        if not want_topk:
+            return Generation(text=text, token_ids=np.zeros(0, np.int64), token_logprobs=np.zeros(0, np.float32))
+        if not (isinstance(tokens, list) and isinstance(tops, list) and isinstance(token_lps, list)
+                and len(tops) == len(tokens) == len(token_lps)):
+            raise RemoteError(f"{self.name}: the server answered without the log-probs it gave when connected "
+                              "(asked for top-k of each generated token); it may limit log-probs per request")
+        ids = parse_token_ids([str(t) for t in tokens], self.token_map)
+        top_ids, top_lps = _top_rows(tops, k, self.token_map)
+        lps = np.array([np.nan if v is None else float(v) for v in token_lps], dtype=np.float32)
+        return Generation(text=text, token_ids=ids, token_logprobs=lps, topk_ids=top_ids, topk_logprobs=top_lps)
+
+    # -- score ---------------------------------------------------------------------------------------
+    def score(self, texts: Sequence[str], top_k: int,
+              on_result: Callable[[int, ScoredText], None] | None = None) -> list[ScoredText]:
+        if Capability.SCORE not in self._caps:
+            raise CapabilityError(f"{self.name}: the server cannot score a given text (no echo log-probs, no TGI "
+                                  "/generate details)")
+        return self._concurrently(lambda t: self._score_one(t, top_k), texts, on_result)
+
+    def _score_batch(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+        return [self._score_one(t, top_k) for t in texts]
+
+    def _score_one(self, text: str, top_k: int) -> ScoredText:
+        k = max(1, top_k) if Capability.SCORE_TOPK in self._caps else 0
+        if self.score_route == "tgi":
+            return self._score_tgi(text)
+        body: dict[str, Any] = {"model": self.config.model, "prompt": text, "max_tokens": self._score_max_tokens,
+                                "echo": True, "logprobs": max(k, 1), "temperature": 0}
+        if self.ids_from_server:
+            body.update(_IDS_EXTENSION)
+        lp = _choice(self.client.post("/completions", body), self.name).get("logprobs") or {}
+        tokens, token_lps = lp.get("tokens"), lp.get("token_logprobs")
+        offsets, tops = lp.get("text_offset"), lp.get("top_logprobs")
+        if not (isinstance(tokens, list) and isinstance(token_lps, list) and isinstance(offsets, list)
+                and len(tokens) == len(token_lps) == len(offsets)):
+            raise RemoteError(f"{self.name}: the server answered an echo request without prompt log-probs")
+        # with max_tokens=1 the server appends a generated token, which starts at the end of the text: drop it
+        n = sum(1 for o in offsets if int(o) < len(text)) if self._score_max_tokens else len(tokens)
+        n = max(n, 1)
+        tokens, token_lps, offsets = tokens[:n], token_lps[:n], [int(o) for o in offsets[:n]]
+        starts = np.minimum(np.asarray(offsets, dtype=np.int64), len(text))
+        ends = np.append(starts[1:], len(text))
+        ends = np.maximum(ends, starts)
+        if k and isinstance(tops, list):
+            top_ids, top_lps = _top_rows(tops[:n], k, self.token_map)
+        else:
+            top_ids, top_lps = np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
+        lps = np.array([np.nan if v is None else float(v) for v in token_lps], dtype=np.float32)
+        return ScoredText(
+            token_ids=parse_token_ids([str(t) for t in tokens], self.token_map),
+            offsets=np.stack([starts, ends], axis=1).reshape(-1, 2),
+            target_logprob=lps,
+            topk_ids=top_ids,
+            topk_logprobs=top_lps,
+            entropy=np.full(n, np.nan, dtype=np.float32),
+        )
+
+    def _score_tgi(self, text: str) -> ScoredText:
+        got = self.client.post("/generate", {"inputs": text, "parameters": {
+            "max_new_tokens": 1, "details": True, "decoder_input_details": True}}, root=True)
+        prefill = ((got or {}).get("details") or {}).get("prefill") if isinstance(got, dict) else None
+        if not isinstance(prefill, list) or not prefill:
+            raise RemoteError(f"{self.name}: TGI answered /generate without prefill details")
+        pieces = [str(t.get("text", "")) for t in prefill]
+        joined = "".join(pieces)
+        lead = len(joined) - len(text)  # special tokens (BOS) whose text precedes the input
+        starts, pos = [], 0
+        for piece in pieces:
+            starts.append(max(0, pos - max(lead, 0)))
+            pos += len(piece)
+        starts_a = np.minimum(np.asarray(starts, dtype=np.int64), len(text))
+        ends = np.maximum(np.append(starts_a[1:], len(text)), starts_a)
+        n = len(prefill)
+        ids = np.array([int(t["id"]) if isinstance(t.get("id"), int) else UNKNOWN_ID for t in prefill], dtype=np.int64)
+        lps = np.array([np.nan if t.get("logprob") is None else float(t["logprob"]) for t in prefill], dtype=np.float32)
+        lps[0] = np.nan
+        return ScoredText(token_ids=ids, offsets=np.stack([starts_a, ends], axis=1), target_logprob=lps,
+                          topk_ids=np.zeros((n, 0), np.int64), topk_logprobs=np.zeros((n, 0), np.float32),
+                          entropy=np.full(n, np.nan, dtype=np.float32))
+
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+        raise CapabilityError(f"{self.name}: an API gives no hidden states")
+
+    def close(self) -> None:
+        self.client.close()
+        if self.client.transcript is not None:
+            self.client.transcript.close()
