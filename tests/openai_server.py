@@ -12,7 +12,7 @@ queued with ``POST /_control/faults`` and every handled request is listed by ``G
 kinds: 429 (with Retry-After), 500, slow (``seconds``, then a normal answer), malformed (200, broken JSON),
 truncated (a body shorter than its Content-Length, then the connection closes), no_logprobs (a normal
 answer without log-probs), echo_key (500 whose body repeats the Authorization header), hang (no answer
-until ``POST /_control/release``).
+until ``POST /_control/release``). ``"after": n`` lets n matching requests through before the fault.
 """
 
 from __future__ import annotations
@@ -178,6 +178,9 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
         def _fault(self, path: str) -> dict[str, Any] | None:
             with server.faults_lock:
                 for f in server.faults:
+                    if f.get("path", path) == path and f.get("after", 0) > 0:
+                        f["after"] -= 1  # let this many matching requests through first
+                        return None
                     if f.get("path", path) == path and f.get("times", 1) > 0:
                         f["times"] = f.get("times", 1) - 1
                         if f["times"] == 0:

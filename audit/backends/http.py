@@ -260,7 +260,7 @@ class JSONClient:
                     raise _Transient(f"HTTP {status}: {_server_message(raw)}", _retry_after(headers.get("Retry-After")))
                 raise self._rejected(status, raw, full)
             except _Transient as exc:
-                last = str(exc)
+                last = redact(str(exc), self._key)
                 record["error"] = last
                 wait = self._wait(attempt, exc.retry_after)
             except ssl.SSLCertVerificationError as exc:
@@ -269,7 +269,7 @@ class JSONClient:
                                   f"verified ({exc.verify_message}); point SSL_CERT_FILE at the right CA bundle") from None
             except (OSError, http.client.HTTPException) as exc:  # refused, reset, timeout, cut-short body
                 self._drop_connection()
-                last = _describe(exc, s.timeout)
+                last = redact(_describe(exc, s.timeout), self._key)
                 record["error"] = last
                 wait = self._wait(attempt, None)
             finally:
