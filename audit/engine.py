@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from audit.backends.base import GenerateParams, Generation, ModelAdapter, ScoredText
 from audit.cache import InferenceCache, pack_arrays, request_key, unpack_arrays
-from audit.errors import AuditError, ProbeTooLongError
+from audit.errors import AuditError, CapabilityError, ProbeTooLongError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -208,7 +208,14 @@ class Engine:
             # a remote server checks its own context and refuses what does not fit, with its own message
             self._stream(adapter, kind, todo_keys, texts, compute, to_arrays)
             return
-        sizes = lengths(texts)
+        try:
+            sizes = lengths(texts)
+        except CapabilityError:
+            if limit is not None:
+                raise
+            # a backend that cannot count its tokens (a transcript without a tokenizer) and has no context
+            # limit: rough sizes serve for packing batches
+            sizes = [len(t) // 4 + 1 for t in texts]
         if limit is not None:
             self._check_context(adapter, texts, sizes, limit)
         self._batched(adapter, kind, todo, todo_keys, texts, sizes, compute, to_arrays)
