@@ -347,3 +347,53 @@ def test_a_killed_audit_resumes_without_resending_answered_requests(llama_dir: P
     assert result["inference"]["cache_hits"] >= answered
     transcript = (tmp_path / "out" / "transcripts" / "teacher.jsonl").read_text().splitlines()
     assert sum(1 for line in transcript if json.loads(line).get("status") == 200) >= n_probes
+
+
+def test_the_cache_holds_only_complete_answers(fresh: Served, tmp_path: Path) -> None:
+    from audit.cache import InferenceCache
+    from audit.engine import Engine
+
+    remote = connect(fresh)
+    _waits(remote)
+    cache = InferenceCache(tmp_path / "c.sqlite")
+    fresh.faults({"path": "/v1/completions", "kind": "malformed", "times": 100})
+    with pytest.raises(RemoteError, match="not valid JSON"):
+        Engine(cache, progress=False).generate(remote, PROMPTS[:2], GenerateParams(max_new_tokens=4))
+    assert len(cache) == 0  # nothing half-read was kept
+    fresh.reset()
+    remote = connect(fresh)
+    out = Engine(cache, progress=False).generate(remote, PROMPTS[:2], GenerateParams(max_new_tokens=4))
+    assert len(cache) == 2 and all(g.text for g in out)
+    cache.close()
+
+
+def test_ctrl_c_stops_requests_in_flight_at_once(llama_dir: Path, tmp_path: Path) -> None:
+    probes = tmp_path / "probes.txt"
+    probes.write_text("\n".join(f"Short prompt number {i} is" for i in range(8)) + "\n")
+    with serve(llama_dir) as s:
+        connect(s)  # count the completions requests that connecting takes
+        probing = sum(1 for e in s.log() if e["path"] == "/v1/completions")
+        s.reset()
+        s.faults({"path": "/v1/completions", "kind": "hang", "after": probing, "times": 1000})
+        args = ["run", "--teacher-url", s.url, "--teacher-model", "tiny", "--student", str(llama_dir),
+                "--reference", str(llama_dir), "--reference", str(llama_dir), "--detector", "text-word-agreement",
+                "--probes", str(probes), "--api-timeout", "600", "--no-negative-controls",
+                "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        proc = subprocess.Popen([sys.executable, "-m", "audit", *args], cwd=REPO, env=env, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if any(e["body"].get("max_tokens", 0) > 2 for e in s.log()):
+                    break  # a content request is in flight, hanging
+                time.sleep(0.2)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)  # far below the 600 s request timeout
+        finally:
+            proc.kill()
+            s.release()
+        assert proc.returncode == 130, err
+        assert "interrupted" in err and "Traceback" not in err
+        assert not (tmp_path / "out" / "result.json").exists()

@@ -186,15 +186,17 @@ class JSONClient:
 
     def __init__(self, endpoint: Endpoint, name: str, api_key: str | None, settings: HTTPSettings,
                  transcript: Transcript | None = None, key_env: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], object] | None = None):
         self.endpoint = endpoint
         self.name = name
         self.settings = settings
         self.transcript = transcript
         self._key = api_key
         self._key_env = key_env
-        self._sleep = sleep
+        self._aborted = threading.Event()
+        self._sleep = sleep  # None: wait on the abort event, so an abort cuts a backoff short
         self._local = threading.local()
+        self._conns: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
         self._jitter = random.Random()  # timing only; never touches results
         self.requests = 0
@@ -214,6 +216,8 @@ class JSONClient:
             else:
                 conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.settings.timeout)
             self._local.conn = conn
+            with self._lock:
+                self._conns.add(conn)
         return conn
 
     def _drop_connection(self) -> None:
@@ -221,6 +225,22 @@ class JSONClient:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._lock:
+                self._conns.discard(conn)
+
+    def abort(self) -> None:
+        """Stop every request in flight on any thread now (their sockets are shut) and refuse new ones: an
+        interrupted audit exits at once instead of waiting out the timeouts."""
+        self._aborted.set()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     # -- requests ---------------------------------------------------------------------------------
     def post(self, path: str, body: Mapping[str, Any], root: bool = False) -> Any:
@@ -236,6 +256,8 @@ class JSONClient:
         s = self.settings
         last = ""
         for attempt in range(s.max_retries + 1):
+            if self._aborted.is_set():
+                raise RemoteError(f"{self.name}: stopped (the audit was interrupted or another request failed)")
             if attempt:
                 with self._lock:
                     self.retries += 1
@@ -281,7 +303,7 @@ class JSONClient:
             if attempt < s.max_retries:
                 log.info("%s: %s %s failed (%s); retry %d of %d in %.1fs", self.name, method, full, last,
                          attempt + 1, s.max_retries, wait)
-                self._sleep(wait)
+                (self._sleep or self._aborted.wait)(wait)
         raise RemoteError(f"{self.name}: {self.endpoint.url}{full[len(self.endpoint.base_path):]}: gave up after "
                           f"{s.max_retries + 1} attempts; last problem: {last}")
 

@@ -336,20 +336,23 @@ class OpenAIAdapter:
         results: list[Any] = [None] * len(items)
         if not items:
             return results
-        with ThreadPoolExecutor(max_workers=max(1, self.client.settings.concurrency),
-                                thread_name_prefix=f"http-{self.name}") as pool:
-            pending: dict[Future[T], int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        i = pending.pop(fut)
-                        results[i] = fut.result()
-                        if on_result is not None:
-                            on_result(i, results[i])
-            finally:
-                for fut in pending:
-                    fut.cancel()
+        pool = ThreadPoolExecutor(max_workers=max(1, self.client.settings.concurrency),
+                                  thread_name_prefix=f"http-{self.name}")
+        pending: dict[Future[T], int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    results[i] = fut.result()
+                    if on_result is not None:
+                        on_result(i, results[i])
+        except BaseException:
+            # a failed request or Ctrl-C: stop what is in flight now rather than waiting out its timeout
+            self.client.abort()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         return results
 
     # -- generate ------------------------------------------------------------------------------------
