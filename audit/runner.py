@@ -248,6 +248,12 @@ def run_audit(
         for i, src in enumerate(spec.references)
     )
     load_seconds = time.perf_counter() - t_load
+    for h in (teacher, student, *references):
+        if getattr(h.adapter, "runtime", {}).get("generate_api") == "chat":
+            warnings.append(
+                f"{h.name} answered through a chat API (each probe sent as one user turn), while local models "
+                "continue each probe as plain text; text-level similarity between them may be understated."
+            )
     if teacher.adapter.fingerprint["model"] == student.adapter.fingerprint["model"]:
         warnings.append("The teacher and the student are the same model (identical fingerprints).")
 

@@ -2,7 +2,7 @@
 and TGI's /generate) and serves a tiny local transformers model. Test harness, run as its own process:
 
     python -m tests.openai_server --model DIR --name NAME [--port 0] [--no-echo] [--no-ids] [--chat-only]
-                                  [--tgi] [--key KEY]
+                                  [--tgi] [--key KEY] [--strict-chat]
 
 It prints ``PORT <n>`` on its first stdout line once it listens. Faults for the next matching requests are
 queued with ``POST /_control/faults`` and every handled request is listed by ``GET /_control/log``:
@@ -33,7 +33,8 @@ from audit.backends.hf import HFAdapter
 
 class ModelServer:
     def __init__(self, adapter: HFAdapter, name: str, echo: bool, ids: bool, chat_only: bool, tgi: bool,
-                 key: str | None):
+                 key: str | None, strict_chat: bool = False):
+        self.strict_chat = strict_chat
         self.adapter = adapter
         self.tok = adapter.tokenizer
         self.name = name
@@ -117,6 +118,12 @@ class ModelServer:
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages must be a non-empty list")
         prompt = str(messages[-1].get("content", ""))
+        if self.strict_chat:  # like newer hosted reasoning models
+            if "max_tokens" in body:
+                raise BadRequest("max_tokens is not supported with this model; use max_completion_tokens")
+            if "logprobs" in body or "top_logprobs" in body:
+                raise BadRequest("logprobs are not supported with this model")
+            body = dict(body, max_tokens=body.get("max_completion_tokens", 16))
         k = int(body.get("top_logprobs") or 1)
         as_ids = self.ids and bool(body.get("return_tokens_as_token_ids"))
         text, ids, lps, tops = self.generate(prompt, dict(body, max_tokens=body.get("max_tokens", 16)), k)
@@ -282,11 +289,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chat-only", action="store_true")
     ap.add_argument("--tgi", action="store_true")
     ap.add_argument("--key", default=None)
+    ap.add_argument("--strict-chat", action="store_true", help="chat refuses max_tokens and logprobs")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     adapter = HFAdapter.load(args.model)
     server = ModelServer(adapter, args.name, echo=not args.no_echo, ids=not args.no_ids, chat_only=args.chat_only,
-                         tgi=args.tgi, key=args.key)
+                         tgi=args.tgi, key=args.key, strict_chat=args.strict_chat)
     httpd = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(server))
     httpd.daemon_threads = True
     print(f"PORT {httpd.server_address[1]}", flush=True)

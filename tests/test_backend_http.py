@@ -160,6 +160,16 @@ def test_chat_only_server_generates_but_cannot_score(llama_dir: Path, local: HFA
         assert reason is not None and "score" in reason
 
 
+def test_a_strict_chat_api_is_used_with_what_it_accepts(llama_dir: Path, local: HFAdapter) -> None:
+    # newer hosted models refuse max_tokens (max_completion_tokens instead) and log-probs
+    with serve(llama_dir, "--chat-only", "--strict-chat") as s:
+        remote = connect(s, llama_dir)
+        assert remote.capabilities == frozenset({Capability.GENERATE})
+        (g,) = remote.generate(PROMPTS[:1], GenerateParams(max_new_tokens=6, top_k=3))
+        (loc,) = local.generate(PROMPTS[:1], GenerateParams(max_new_tokens=6, top_k=3))
+        assert g.text == loc.text and g.token_ids.size == 0
+
+
 def test_tgi_prefill_details_give_scores_without_alternatives(llama_dir: Path, local: HFAdapter) -> None:
     with serve(llama_dir, "--no-echo", "--tgi") as s:
         remote = connect(s, llama_dir)
@@ -397,3 +407,18 @@ def test_ctrl_c_stops_requests_in_flight_at_once(llama_dir: Path, tmp_path: Path
         assert proc.returncode == 130, err
         assert "interrupted" in err and "Traceback" not in err
         assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_an_audit_of_a_chat_api_teacher_warns_about_the_prompt_format(llama_dir: Path, gpt2_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    probes = tmp_path / "probes.txt"
+    probes.write_text("\n".join(f"Short prompt number {i} is" for i in range(6)) + "\n")
+    with serve(llama_dir, "--chat-only") as s:
+        proc = cli("-q", "run", "--teacher-url", s.url, "--teacher-model", "tiny", "--student", str(llama_dir),
+                   "--reference", str(gpt2_dir), "--reference", str(llama_dir), "--detector", "text-word-agreement",
+                   "--probes", str(probes), "--no-negative-controls", "--cache-dir", str(tmp_path / "cache"),
+                   "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["models"][0]["runtime"]["generate_api"] == "chat"
+    assert any("chat API" in w for w in result["verdict"]["warnings"])

@@ -119,6 +119,7 @@ class OpenAIAdapter:
         self.score_route: str | None = None  # "echo" | "tgi"
         self.ids_from_server = False
         self._score_max_tokens = 0
+        self._limit_key = "max_tokens"  # or max_completion_tokens (chat, newer hosted models)
         self._tokenize_route: str | None = None  # "vllm" | "llama.cpp"
         self._context: int | None = None
         self._tokenizer_checked = False
@@ -174,37 +175,40 @@ class OpenAIAdapter:
             if isinstance(length, int) and length > 0:
                 self._context = length
 
-        # generation: completions first (continuation of plain text, as for local models), then chat
-        gen_body = {"model": model, "prompt": "Hello", "max_tokens": 2, "temperature": 0, "logprobs": 2}
+        # generation: completions first (continuation of plain text, as for local models), then chat. Each
+        # route is tried with the most it might give first (vLLM's token ids, top-k log-probs), then with less;
+        # chat also with max_completion_tokens, which newer hosted models require instead of max_tokens.
         answer = None
         if self.config.api in ("auto", "completions"):
-            answer = self._try("/completions", dict(gen_body, **_IDS_EXTENSION))
-            if answer is not None:
-                self.ids_from_server = True
-            else:
-                answer = self._try("/completions", gen_body)
-            if answer is not None:
-                self.generate_api = "completions"
-                logprobs = _choice(answer, self.name).get("logprobs") or {}
-                tokens = logprobs.get("tokens") or []
-                self.ids_from_server = self.ids_from_server and all(str(t).startswith("token_id:") for t in tokens)
-                if logprobs.get("top_logprobs"):
-                    self._caps.add(Capability.GENERATE_TOPK)
+            base = {"model": model, "prompt": "Hello", "max_tokens": 2, "temperature": 0}
+            for extra in (dict(_IDS_EXTENSION, logprobs=2), {"logprobs": 2}, {}):
+                answer = self._try("/completions", dict(base, **extra))
+                if answer is not None:
+                    self.generate_api = "completions"
+                    logprobs = _choice(answer, self.name).get("logprobs") or {}
+                    tokens = logprobs.get("tokens") or []
+                    self.ids_from_server = "return_tokens_as_token_ids" in extra and bool(tokens) and all(
+                        str(t).startswith("token_id:") for t in tokens)
+                    if logprobs.get("top_logprobs"):
+                        self._caps.add(Capability.GENERATE_TOPK)
+                    break
         if answer is None and self.config.api in ("auto", "chat"):
-            chat_body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2,
-                         "temperature": 0, "logprobs": True, "top_logprobs": 2}
-            answer = self._try("/chat/completions", dict(chat_body, **_IDS_EXTENSION))
-            if answer is not None:
-                self.ids_from_server = True
-            else:
-                answer = self._try("/chat/completions", chat_body)
-            if answer is not None:
-                self.generate_api = "chat"
-                content = (_choice(answer, self.name).get("logprobs") or {}).get("content") or []
-                self.ids_from_server = self.ids_from_server and all(
-                    str(c.get("token", "")).startswith("token_id:") for c in content)
-                if content and all(c.get("top_logprobs") for c in content):
-                    self._caps.add(Capability.GENERATE_TOPK)
+            messages = [{"role": "user", "content": "Hello"}]
+            with_lp = {"logprobs": True, "top_logprobs": 2}
+            variants = [dict(_IDS_EXTENSION, max_tokens=2, **with_lp), dict(max_tokens=2, **with_lp),
+                        dict(max_completion_tokens=2, **with_lp), {"max_tokens": 2}, {"max_completion_tokens": 2}]
+            for extra in variants:
+                answer = self._try("/chat/completions", dict({"model": model, "messages": messages,
+                                                              "temperature": 0}, **extra))
+                if answer is not None:
+                    self.generate_api = "chat"
+                    self._limit_key = "max_completion_tokens" if "max_completion_tokens" in extra else "max_tokens"
+                    content = (_choice(answer, self.name).get("logprobs") or {}).get("content") or []
+                    self.ids_from_server = "return_tokens_as_token_ids" in extra and bool(content) and all(
+                        str(c.get("token", "")).startswith("token_id:") for c in content)
+                    if content and all(c.get("top_logprobs") for c in content):
+                        self._caps.add(Capability.GENERATE_TOPK)
+                    break
         if answer is None:
             raise RemoteError(f"{self.name}: {self.client.endpoint.url} generates with neither /completions nor "
                               f"/chat/completions for model {model!r}; see the transcript for its answers")
@@ -363,22 +367,24 @@ class OpenAIAdapter:
     def _generate_one(self, prompt: str, params: GenerateParams) -> Generation:
         k = max(1, params.top_k)
         want_topk = Capability.GENERATE_TOPK in self._caps
-        body: dict[str, Any] = {"model": self.config.model, "max_tokens": params.max_new_tokens,
+        body: dict[str, Any] = {"model": self.config.model, self._limit_key: params.max_new_tokens,
                                 "temperature": params.temperature if params.do_sample else 0.0, "seed": params.seed}
         if params.do_sample:
             body["top_p"] = 1.0
         if self.ids_from_server:
             body.update(_IDS_EXTENSION)
         if self.generate_api == "completions":
-            body.update(prompt=prompt, logprobs=k if want_topk else 0)
+            body["prompt"] = prompt
+            if want_topk:
+                body["logprobs"] = k
             choice = _choice(self.client.post("/completions", body), self.name)
             text = choice.get("text")
             lp = choice.get("logprobs") or {}
             tokens, token_lps, tops = lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")
         else:
-            body.update(messages=[{"role": "user", "content": prompt}], logprobs=want_topk)
+            body["messages"] = [{"role": "user", "content": prompt}]
             if want_topk:
-                body["top_logprobs"] = k
+                body.update(logprobs=True, top_logprobs=k)
             choice = _choice(self.client.post("/chat/completions", body), self.name)
             text = (choice.get("message") or {}).get("content")
             content = (choice.get("logprobs") or {}).get("content")
