@@ -134,6 +134,12 @@ def _audit_options(func: F) -> F:
                           "combination (less conservative; valid under dependence for small alpha)."),
         click.option("--no-negative-controls", is_flag=True,
                      help="Skip the negative controls (each reference audited in the student's seat)."),
+        click.option("--watermark-key", type=click.Path(path_type=Path), default=None, metavar="FILE",
+                     help="The teacher's private watermark key (`distill-audit watermark keygen`): enables "
+                          "watermark-radioactivity. Results record its fingerprint, never the secret."),
+        click.option("--watermark-texts", type=click.Path(path_type=Path), default=None, metavar="JSONL",
+                     help="Watermarked teacher texts (`watermark generate` output): the student reads them "
+                          "(reading mode) when it scores text and shares the key's tokenizer."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -308,6 +314,8 @@ def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
         teacher_access=kw.get("teacher_access", "white"),
         combination=kw.get("combination", "bonferroni"),
         negative_controls=not kw.get("no_negative_controls", False),
+        watermark_key=kw.get("watermark_key"),
+        watermark_texts=kw.get("watermark_texts"),
     )
 
 
@@ -407,6 +415,9 @@ def list_detectors() -> None:
             extra.append("one tokenizer shared by all models")
         if cls.needs_teacher_logs:
             extra.append("logged teacher outputs (--teacher-logs)")
+        if cls.needs_watermark_key:
+            extra.append("the teacher's watermark key (--watermark-key); the student generates, or scores "
+                         "--watermark-texts with the key's tokenizer")
         if extra:
             click.echo(f"  also:     {'; '.join(extra)}")
 
@@ -419,3 +430,123 @@ def list_probes() -> None:
     for name in builtin_names():
         ps = load_probe_set(name)
         click.echo(f"{name}  version {ps.version}  {ps.n_total} prompts  sha256 {ps.full_hash[:16]}")
+
+
+# -- watermark ----------------------------------------------------------------------------------------------
+
+_KEY_PRIVATE = ("The key file holds the secret: keep it private (it is created with mode 0600), never share it "
+                "or commit it; anyone holding it can detect, forge or strip the watermark.")
+
+
+@main.group()
+def watermark() -> None:
+    """A secret-key text watermark for your teacher's outputs, to audit students for radioactivity.
+
+    keygen makes a key, generate writes watermarked teacher text, detect checks that a text carries the
+    watermark; `distill-audit run --watermark-key FILE` then tests whether a student trained on such text.
+    The key file must stay private: results and output show only its fingerprint (sha256 of the secret).
+    """
+
+
+def _load_tokenizer(path: str, flag: str) -> Any:
+    from audit.backends.remote import TokenMap
+
+    return TokenMap.load(path, flag).tokenizer
+
+
+@watermark.command("keygen")
+@click.option("--tokenizer", "tokenizer_dir", required=True, metavar="DIR",
+              help="The teacher's tokenizer (or model) directory; the key is bound to its token ids.")
+@click.option("--key-file", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Where to create the key; an existing file is never overwritten. " + _KEY_PRIVATE)
+@click.option("--gamma", default=0.25, show_default=True, type=float, help="Share of tokens green in each context.")
+@click.option("--delta", default=2.0, show_default=True, type=float, help="Logit bias added to green tokens.")
+@click.option("--context-width", default=1, show_default=True, type=int,
+              help="Previous tokens that seed each green list.")
+@user_errors
+def watermark_keygen(tokenizer_dir: str, key_file: Path, gamma: float, delta: float, context_width: int) -> None:
+    """Create a new secret watermark key for a teacher's tokenizer (prints its fingerprint, never the secret)."""
+    from audit.watermark import new_key, write_key
+
+    tokenizer = _load_tokenizer(tokenizer_dir, "--tokenizer")
+    key = new_key(tokenizer, gamma=gamma, delta=delta, context_width=context_width)
+    write_key(key, key_file)
+    click.echo(f"watermark key written to {key_file} (private: keep it secret)")
+    click.echo(f"  fingerprint: {key.fingerprint}")
+    click.echo(f"  gamma {key.gamma:g}, delta {key.delta:g}, context width {key.context_width}, "
+               f"vocabulary {key.vocab_size}, tokenizer sha256 {key.tokenizer_sha256}")
+
+
+@watermark.command("generate")
+@click.option("--model", required=True, metavar="DIR", help="The teacher: a local checkpoint directory (run on the CPU).")
+@click.option("--key-file", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="The watermark key (`watermark keygen`). " + _KEY_PRIVATE)
+@click.option("--prompts", required=True, metavar="FILE", help="Prompts: .txt (one per line) or .jsonl (\"prompt\" field).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="OUT.jsonl",
+              help="Where the {\"prompt\", \"completion\"} lines go (written whole or not at all).")
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Sampling temperature (0: greedy, still watermarked).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampling.")
+@click.pass_context
+@user_errors
+def watermark_generate(ctx: click.Context, model: str, key_file: Path, prompts: str, out: Path, max_new_tokens: int,
+                       temperature: float, seed: int) -> None:
+    """Continue each prompt with the teacher, watermarked with the key (seeded sampling)."""
+    from tqdm import tqdm
+
+    from audit import fingerprint as fp
+    from audit.backends.hf import HFAdapter, LoadOptions
+    from audit.probes import load_probe_set
+    from audit.result import write_atomic
+    from audit.watermark import generate_watermarked, read_key
+
+    key = read_key(key_file, "--key-file")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a directory; give a .jsonl file path")
+    prompt_list = list(load_probe_set(prompts).prompts)
+    adapter = HFAdapter.load(model, LoadOptions(device="cpu", dtype="float32"))
+    if fp.tokenizer_fingerprint(adapter.tokenizer) != key.tokenizer_sha256:
+        raise UsageError(f"--model {model}: its tokenizer is not the one the key was made for "
+                         f"(key: tokenizer sha256 {key.tokenizer_sha256[:12]}..., model: "
+                         f"{fp.tokenizer_fingerprint(adapter.tokenizer)[:12]}...)")
+    progress = ctx.obj["progress"]
+    bar = tqdm(total=len(prompt_list), desc="watermarked generation", unit="prompt", leave=False,
+               disable=(not progress) if progress is not None else None)
+    completions = generate_watermarked(adapter.model, adapter.tokenizer, key, prompt_list, max_new_tokens,
+                                       seed=seed, temperature=temperature, on_batch=bar.update)
+    bar.close()
+    lines = [json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) for p, c in zip(prompt_list, completions)]
+    write_atomic(out, "\n".join(lines) + "\n")
+    click.echo(f"{len(lines)} watermarked completions written to {out} (key fingerprint {key.fingerprint[:16]}...)")
+
+
+@watermark.command("detect")
+@click.option("--key-file", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="The watermark key. " + _KEY_PRIVATE)
+@click.option("--texts", required=True, type=click.Path(path_type=Path), metavar="FILE.jsonl",
+              help="{\"prompt\", \"completion\"} lines; the completions are tested, tuples found in prompts dropped.")
+@click.option("--tokenizer", "tokenizer_dir", required=True, metavar="DIR", help="The tokenizer the key was made for.")
+@click.option("--alpha", default=0.01, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Significance level of the one-line conclusion.")
+@user_errors
+def watermark_detect(key_file: Path, texts: Path, tokenizer_dir: str, alpha: float) -> None:
+    """Does this text carry the watermark? Exact binomial test over distinct (context, token) tuples."""
+    from audit import fingerprint as fp
+    from audit.logs import load_outputs
+    from audit.watermark import read_key, score_texts
+
+    key = read_key(key_file, "--key-file")
+    items = load_outputs(texts, "--texts")
+    tokenizer = _load_tokenizer(tokenizer_dir, "--tokenizer")
+    if fp.tokenizer_fingerprint(tokenizer) != key.tokenizer_sha256:
+        raise UsageError(f"--tokenizer {tokenizer_dir}: not the tokenizer the key was made for "
+                         f"(key: tokenizer sha256 {key.tokenizer_sha256[:12]}...)")
+    s = score_texts(key, tokenizer, items)
+    fraction = f"{s.green_fraction:.4f}" if s.n_scored else "n/a"
+    click.echo(f"texts: {len(items)}   scored: {s.n_scored} distinct (context, token) tuples "
+               f"(dropped: {s.n_duplicates} repeats, {s.n_in_prompt} found in prompts)")
+    click.echo(f"green: {s.n_green}   green fraction: {fraction} (gamma {key.gamma:g})   "
+               f"p = {s.p_value:.3g} (exact one-sided binomial)")
+    verdict = "carries the watermark" if s.p_value < alpha else "no evidence of the watermark"
+    click.echo(f"{verdict} at alpha {alpha:g} (key fingerprint {key.fingerprint[:16]}...)")

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 from audit.errors import ResultSchemaError
 
-SCHEMA_VERSION = "1.1"  # 1.1 added negative_controls, observations, teacher_logs, margins and power checks
+SCHEMA_VERSION = "1.2"  # 1.1 added negative_controls, observations, teacher_logs, margins and power checks;
+# 1.2 added remote-model runtime (API transcripts), the watermark block and white-box lineage details
 VOLATILE_KEYS = ("created_at", "timings", "inference")
 
 

@@ -23,6 +23,7 @@ from audit.logs import LoggedOutput, load_outputs, pair_outputs
 from audit.probes import ProbeSet, load_probe_set, prompts_hash
 from audit.result import SCHEMA_VERSION
 from audit.spec import AuditSpec, ModelSource, TranscriptSource, describe_source
+from audit.watermark import WatermarkInputs, read_key
 from detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
 from detectors.fingerprint import identity_observations
 from detectors.membership import SCORES as MEMBERSHIP_SCORES
@@ -105,6 +106,17 @@ def _check_spec(spec: AuditSpec) -> None:
         raise UsageError(f"--fresh-temperature must be 0 or more, got {spec.fresh_temperature}")
     if isinstance(spec.teacher, TranscriptSource) and spec.teacher_logs is not None and spec.teacher_fresh is None:
         raise UsageError("a transcript teacher cannot draw fresh answers: give them with --teacher-fresh")
+    if spec.watermark_texts is not None and spec.watermark_key is None:
+        raise UsageError("--watermark-texts needs --watermark-key: the texts are scored against the key's green lists")
+
+
+def load_watermark(spec: AuditSpec) -> WatermarkInputs | None:
+    """The key (and texts) for watermark-radioactivity, read and checked before any model loads."""
+    if spec.watermark_key is None:
+        return None
+    key = read_key(spec.watermark_key, "--watermark-key")
+    texts = load_outputs(spec.watermark_texts, "--watermark-texts") if spec.watermark_texts is not None else None
+    return WatermarkInputs(key, texts, str(spec.watermark_texts) if spec.watermark_texts is not None else None)
 
 
 def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: Engine, seed: int,
@@ -140,7 +152,8 @@ def _run_detectors(detectors: Sequence[Detector], ctx: DetectorContext,
     }
     evidence, skipped = [], []
     for det in detectors:
-        reason = det.unmet_needs(by_role, has_teacher_logs=ctx.teacher_logs is not None)
+        reason = (det.unmet_needs(by_role, has_teacher_logs=ctx.teacher_logs is not None)
+                  or det.unmet_watermark_needs(by_role, ctx.watermark))
         if reason is not None:
             skipped.append({"detector": det.name, "reason": reason})
             continue
@@ -219,6 +232,7 @@ def run_audit(
     fresh_file = load_outputs(spec.teacher_fresh, "--teacher-fresh") if spec.teacher_fresh else None
     if logged is not None and fresh_file is not None:
         pair_outputs(logged, fresh_file, str(spec.teacher_fresh))  # refuse unpaired files before loading models
+    watermark = load_watermark(spec)
     explicit = set(spec.detectors)
     for det in detectors:
         if det.name in explicit and len(spec.references) < det.min_references:
@@ -227,10 +241,11 @@ def run_audit(
                 f"(--reference), got {len(spec.references)}"
             )
     if not any(len(spec.references) >= d.min_references and (logged is not None or not d.needs_teacher_logs)
-               for d in detectors):
+               and (watermark is not None or not d.needs_watermark_key) for d in detectors):
         raise CapabilityError(
             f"no selected detector can run with {len(spec.references)} reference model(s): the panel detectors need "
-            "at least 2 (--reference, better 4 or more); only logged-vs-fresh needs none, and it needs --teacher-logs"
+            "at least 2 (--reference, better 4 or more); only logged-vs-fresh (with --teacher-logs), "
+            "watermark-radioactivity (with --watermark-key) and weight-lineage (both models' weights) need none"
         )
     warnings: list[str] = []
     if len(spec.references) < 2:
@@ -276,7 +291,8 @@ def run_audit(
             if pairs.unpaired_logged:
                 warnings.append(f"{pairs.unpaired_logged} logged output(s) have no fresh output for the same prompt "
                                 "and were left out of the membership test.")
-        ctx = DetectorContext(teacher, student, references, probe_set.prompts, spec.seed, engine, pairs)
+        ctx = DetectorContext(teacher, student, references, probe_set.prompts, spec.seed, engine, pairs,
+                              watermark=watermark)
         evidence, skipped = _run_detectors(detectors, ctx, detector_seconds)
         for item in skipped:
             log.warning("skipping %s: %s", item["detector"], item["reason"])
@@ -318,6 +334,7 @@ def run_audit(
         ],
         "probe_sets": [probe_set.to_dict()],
         "teacher_logs": (dict(pairs.to_dict(), logged_source=str(spec.teacher_logs)) if pairs is not None else None),
+        "watermark": watermark.to_dict() if watermark is not None else None,  # never the secret
         "evidence": [e.to_dict() for e in evidence],
         "skipped": skipped,
         "negative_controls": controls,

@@ -53,6 +53,8 @@ class AuditSpec:
     negative_controls: bool = True  # each reference in the student's seat against the rest of the panel
     http: HTTPSettings = field(default_factory=HTTPSettings)  # for models behind an API
     transcript_dir: Path | None = None  # where API request/response transcripts go; None: not kept
+    watermark_key: Path | None = None  # the teacher's private watermark key file (watermark-radioactivity)
+    watermark_texts: Path | None = None  # JSONL of watermarked teacher texts, for its reading mode
 
     @property
     def sources(self) -> tuple[ModelSource, ...]:

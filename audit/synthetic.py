@@ -270,6 +270,7 @@ def sample_texts(
     seed: int,
     temperature: float = 1.0,
     batch_size: int = 64,
+    logits_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[str]:
     """Seeded sampled continuations of ``prompts`` (the text after each prompt, not including it).
 
@@ -277,6 +278,9 @@ def sample_texts(
     Each prompt's noise comes from its own generator seeded by (seed, index, prompt), so a continuation
     depends neither on batch composition nor on torch's global RNG; ``temperature`` 0 is greedy. Stops
     early only at </s>. The continuation is decoded jointly with the prompt, so word boundaries are right.
+    ``logits_hook(ids, logits)``, when given, sees every row's ids so far (``[batch, t]``, left-padded prompt
+    included) and the next-token logits (``[batch, vocab]``) before temperature, and returns the logits to sample
+    from (a watermark's green-list bias, see :mod:`audit.watermark`); without it nothing changes.
     """
     import hashlib
     import inspect
@@ -305,11 +309,14 @@ def sample_texts(
         new: list[list[int]] = [[] for _ in chunk]
         done = [False] * len(chunk)
         past = None
+        history = ids if logits_hook is not None else None
         with torch.inference_mode():
             for _ in range(steps):
                 result = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kwarg: past})
                 past = getattr(result, cache_kwarg)
                 logits = result.logits[:, -1, :].float()
+                if logits_hook is not None and history is not None:
+                    logits = logits_hook(history, logits)
                 if temperature > 0:
                     scaled = torch.log_softmax(logits / temperature, dim=-1)
                     gumbel = torch.stack(
@@ -329,6 +336,8 @@ def sample_texts(
                 if all(done):
                     break
                 ids = torch.tensor([[pad if done[r] else t] for r, t in enumerate(chosen)], dtype=torch.long)
+                if history is not None:
+                    history = torch.cat([history, ids], dim=1)
                 pos = pos[:, -1:] + 1
                 mask = torch.cat([mask, torch.ones((len(chunk), 1), dtype=torch.long)], dim=1)
         for prompt_ids, new_ids in zip(chunk, new):
@@ -339,3 +348,30 @@ def sample_texts(
             else:
                 out.append(str(tokenizer.decode(new_ids, skip_special_tokens=True)))
     return out
+
+
+def layer_initialised(teacher: Any, tokenizer: Any, blocks: Sequence[int], seed: int) -> Any:
+    """A DistilGPT2-style student: ``len(blocks)`` transformer blocks copied from the teacher's ``blocks``
+    (student block i <- teacher block blocks[i]), with the teacher's embeddings, final norm and head; anything
+    else keeps a fresh seeded initialisation. Train it afterwards, as DistilBERT and DistilGPT2 were."""
+    import re
+
+    config = teacher.config
+    arch = "gpt2" if config.model_type == "gpt2" else "llama"
+    hidden = config.n_embd if arch == "gpt2" else config.hidden_size
+    heads = config.n_head if arch == "gpt2" else config.num_attention_heads
+    context = config.n_positions if arch == "gpt2" else config.max_position_embeddings
+    student = new_model(tokenizer, TinyConfig(hidden=hidden, layers=len(blocks), heads=heads, context=context,
+                                              arch=arch), seed)
+    source = teacher.state_dict()
+    state = student.state_dict()
+    for name in state:
+        found = re.search(r"\.(layers|h)\.(\d+)\.", name)
+        origin = name
+        if found is not None:
+            origin = name.replace(f".{found.group(1)}.{found.group(2)}.",
+                                  f".{found.group(1)}.{blocks[int(found.group(2))]}.", 1)
+        if origin in source and source[origin].shape == state[name].shape:
+            state[name] = source[origin].clone()
+    student.load_state_dict(state)
+    return student

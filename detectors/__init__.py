@@ -7,6 +7,7 @@ from typing import Mapping
 
 from detectors.base import Detector, DetectorContext, Evidence, ModelHandle
 from detectors.fingerprint import TextIdiosyncrasy, TokenIdiosyncrasy
+from detectors.lineage import RepresentationSimilarity, WeightLineage
 from detectors.membership import LoggedVsFresh, TeacherTextLikelihood
 from detectors.output_similarity import (
     JensenShannon,
@@ -15,6 +16,7 @@ from detectors.output_similarity import (
     TextWordAgreement,
     TopKOverlap,
 )
+from detectors.radioactivity import WatermarkRadioactivity
 
 _BUILTIN: tuple[type[Detector], ...] = (
     NextTokenAgreement,
@@ -26,6 +28,9 @@ _BUILTIN: tuple[type[Detector], ...] = (
     TextIdiosyncrasy,
     TeacherTextLikelihood,
     LoggedVsFresh,
+    WeightLineage,
+    RepresentationSimilarity,
+    WatermarkRadioactivity,
 )
 REGISTRY: Mapping[str, type[Detector]] = MappingProxyType({cls.name: cls for cls in _BUILTIN})
 

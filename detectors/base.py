@@ -16,6 +16,7 @@ import numpy as np
 from audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
 from audit.engine import Engine
 from audit.logs import LogPairs
+from audit.watermark import WatermarkInputs
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class DetectorContext:
     seed: int
     engine: Engine
     teacher_logs: LogPairs | None = None  # logged teacher outputs paired with fresh ones for the same prompts
+    watermark: WatermarkInputs | None = None  # the teacher's watermark key and optional watermarked texts
 
     def score(self, model: ModelHandle, texts: Sequence[str]) -> list[ScoredText]:
         return self.engine.score(model.adapter, texts)
@@ -100,6 +102,7 @@ class Detector(abc.ABC):
     min_references: ClassVar[int] = 0
     same_tokenizer: ClassVar[bool] = False  # compares token ids, so every model must share one vocabulary
     needs_teacher_logs: ClassVar[bool] = False  # runs only when the user gives logged teacher outputs
+    needs_watermark_key: ClassVar[bool] = False  # runs only when the user gives the teacher's watermark key
     Params: ClassVar[type] = NoParams
 
     def __init__(self, params: Any = None):
@@ -122,6 +125,14 @@ class Detector(abc.ABC):
             hashes = {a.fingerprint.get("tokenizer") for a in adapters}
             if len(hashes) > 1:
                 return "it compares token ids, and the models do not all share one tokenizer"
+        return None
+
+    def unmet_watermark_needs(self, ctx_models: Mapping[str, Sequence[ModelAdapter]],
+                              watermark: WatermarkInputs | None) -> str | None:
+        """Why the watermark inputs do not let this detector run, or None (checked after :meth:`unmet_needs`;
+        a method of its own so that existing ``unmet_needs`` overrides keep their signature)."""
+        if self.needs_watermark_key and watermark is None:
+            return "no watermark key was given (--watermark-key)"
         return None
 
     @abc.abstractmethod

@@ -120,6 +120,33 @@ def detector_chart(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def heat_map(heat: Mapping[str, Any], cell: int = 46) -> dict[str, Any]:
+    """Geometry of a layer-by-layer CKA heat map: rows are the model's layers, columns the teacher's. Opacity
+    spreads the grid's own range (CKA values of trained models bunch together), the value is written in
+    each cell, and the best cell is outlined."""
+    rows, cols = list(heat["layers"]), list(heat["teacher_layers"])
+    left, top = 70, 34
+    best = tuple(heat.get("best", ()))
+    values = [float(v) for row in heat["cka"] for v in row if v is not None and math.isfinite(float(v))]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    cells = []
+    for a, layer in enumerate(rows):
+        for b, t_layer in enumerate(cols):
+            v = heat["cka"][a][b]
+            value = float(v) if v is not None and math.isfinite(float(v)) else math.nan
+            shade = 0.15 + 0.85 * ((value - lo) / (hi - lo) if hi > lo and math.isfinite(value) else 1.0)
+            cells.append({"x": left + b * cell, "y": top + a * cell, "w": cell - 2, "h": cell - 2,
+                          "opacity": round(shade, 3), "value": value, "best": (layer, t_layer) == best,
+                          "text_x": left + b * cell + 6, "text_y": top + a * cell + cell // 2 + 4})
+    return {"width": max(left + len(cols) * cell + 10, 200), "height": top + len(rows) * cell + 4, "cells": cells,
+            "cell": cell, "left": left, "top": top,
+            "row_labels": [{"y": top + a * cell + cell // 2 + 4, "text": f"layer {layer}"} for a, layer in enumerate(rows)],
+            "col_labels": [{"x": left + b * cell + cell // 2 - 4, "text": str(t)} for b, t in enumerate(cols)],
+            "caption": f"Linear CKA between the student's hidden-state layers (rows) and the teacher's (columns; layer "
+                       f"n is the output of block n-1), from {lo:.3f} (light) to {hi:.3f} (dark); the outlined cell is "
+                       "the pair the test uses."}
+
+
 def build_view(result: Mapping[str, Any]) -> dict[str, Any]:
     verdict = result["verdict"]
     alpha = float(verdict["alpha"])
@@ -129,6 +156,9 @@ def build_view(result: Mapping[str, Any]) -> dict[str, Any]:
             "e": e,
             "significant": e["p_value"] is not None and e["p_value"] < alpha,
             "chart": detector_chart(e),
+            "heat": heat_map(e["details"]["heatmaps"]["student"])
+            if "student" in e.get("details", {}).get("heatmaps", {}) else None,
+            "lineage": e.get("details", {}).get("lineage"),
             "adjusted": verdict.get("holm_adjusted_p_values", {}).get(e["detector"]),
             "powered": e["detector"] in verdict.get("powered_detectors", []),
         })

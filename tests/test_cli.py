@@ -53,17 +53,20 @@ def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> No
     from detectors import REGISTRY
 
     assert {e["detector"] for e in r["evidence"]} | {s["detector"] for s in r["skipped"]} == set(REGISTRY)
-    assert not r["skipped"]  # the demo gives every detector what it needs, logs included
+    # the demo gives every detector what it needs, logs included, except a watermark key: its teacher's
+    # answers were not watermarked
+    assert {s["detector"] for s in r["skipped"]} <= {"watermark-radioactivity"}
     for ev in r["evidence"]:
         for key in ("detector", "statistic", "p_value", "effect_size", "n", "null", "examples", "margin", "planted_p_value"):
             assert key in ev
     assert r["verdict"]["label"] in ("distilled", "inconclusive", "not-distilled")
     assert r["verdict"]["p_value"] < 0.01 and r["verdict"]["summary"]
-    assert r["verdict"]["combination"] == "bonferroni" and set(r["verdict"]["holm_adjusted_p_values"]) == set(REGISTRY)
+    ran = set(REGISTRY) - {s["detector"] for s in r["skipped"]}
+    assert r["verdict"]["combination"] == "bonferroni" and set(r["verdict"]["holm_adjusted_p_values"]) == ran
     assert r["teacher_logs"]["pairs"] > 1000 and len(r["teacher_logs"]["logged_hash"]) == 64
     controls = r["negative_controls"]
     assert [c["model"] for c in controls] == [f"reference-{i}" for i in range(1, 7)]
-    assert all(c["label"] != "distilled" and len(c["p_values"]) == len(REGISTRY) for c in controls)
+    assert all(c["label"] != "distilled" and set(c["p_values"]) == ran for c in controls)
     for key in ("seed", "dtype", "device", "token_budget"):
         assert key in r["settings"]
     assert r["timings"]["total_seconds"] > 0 and r["environment"]["torch"]
@@ -312,9 +315,14 @@ def test_bad_probe_file(models: Path, tmp_path: Path, content: str, message: str
 def test_fewer_references_than_the_detectors_need(models: Path, probes: Path, tmp_path: Path) -> None:
     args = ["run", "--teacher", str(models / "teacher"), "--student", str(models / "student"),
             "--reference", str(models / "reference-1"), "--probes", str(probes), "--out", str(tmp_path)]
-    _assert_usage_error(_invoke(args), tmp_path, "no selected detector can run with 1 reference model(s)")
     _assert_usage_error(_invoke([*args, "--detector", "top-k-overlap"]), tmp_path,
                         "needs at least 2 reference model(s) (--reference), got 1")
+    # by default, one reference leaves the reference-free detector that white-box models allow
+    result = _invoke([*args, "--n-probes", "5", "--no-cache", "--no-negative-controls"])
+    assert result.exit_code == 0, result.stderr
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert [e["detector"] for e in r["evidence"]] == ["weight-lineage"]
+    assert any("Only 1 reference" in w for w in r["verdict"]["warnings"])
 
 
 def test_one_reference_with_logs_runs_the_reference_free_test_and_warns(models: Path, probes: Path,
@@ -326,7 +334,8 @@ def test_one_reference_with_logs_runs_the_reference_free_test_and_warns(models: 
     result = _invoke(args)
     assert result.exit_code == 0, result.stderr
     r = json.loads((tmp_path / "result.json").read_text())
-    assert [e["detector"] for e in r["evidence"]] == ["logged-vs-fresh"]
+    # the reference-free detectors: logged-vs-fresh, and weight-lineage (both models are local)
+    assert [e["detector"] for e in r["evidence"]] == ["logged-vs-fresh", "weight-lineage"]
     assert r["verdict"]["label"] == "distilled"  # the student trained on the logs, no reference needed
     assert any("Only 1 reference" in w for w in r["verdict"]["warnings"])
     assert any("at least 2 reference" in s["reason"] for s in r["skipped"])

@@ -49,37 +49,49 @@ def test_detector_declares_its_contract(name: str) -> None:
     assert cls().params == params
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+# watermark-radioactivity needs a watermark key and watermarked text, which the demo has not: it is tested in
+# tests/test_watermark.py on models trained with and without watermarked teacher text
+NEEDS_DEMO_INPUTS = sorted(set(REGISTRY) - {"watermark-radioactivity"})
+
+
+@pytest.mark.parametrize("name", NEEDS_DEMO_INPUTS)
 def test_detector_returns_valid_deterministic_evidence(name: str, contexts: dict[str, DetectorContext]) -> None:
     detector: Detector = REGISTRY[name]()
     ev = detector.run(contexts["distilled"])
     assert isinstance(ev, Evidence) and ev.detector == name and ev.null == REGISTRY[name].null
     assert 0.0 <= ev.p_value <= 1.0 and ev.n > 0
     assert ev.ci_low <= ev.effect_size <= ev.ci_high
-    assert 0 < len(ev.examples) <= 5 and all("prompt" in e for e in ev.examples)
+    if name != "weight-lineage":  # weights have no prompts to show; its block map is in details
+        assert 0 < len(ev.examples) <= 5 and all("prompt" in e for e in ev.examples)
     json.dumps(ev.to_dict(), allow_nan=True)  # serialisable as it stands
     again = REGISTRY[name]().run(contexts["distilled"])
     assert again == ev
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+# weight-lineage looks for weights copied from the teacher, which the demo student (trained from scratch) has not:
+# its power is tested in tests/test_lineage.py on a layer-initialised student
+SEPARATES_DEMO = [n for n in NEEDS_DEMO_INPUTS if n != "weight-lineage"]
+
+
+@pytest.mark.parametrize("name", SEPARATES_DEMO)
 def test_detector_separates_distilled_from_control(name: str, contexts: dict[str, DetectorContext]) -> None:
     """Power on a real distilled pair. The demo student learnt from the teacher's answers and log-probs,
     so every token-level and membership detector must catch it on the 100 demo probes and its 1500 logged
-    answers; the text-level ones see a
-    weaker signal (greedy text hides most of the distribution) and must at least rank it above the control."""
+    answers; the text-level ones see a weaker signal (greedy text hides most of the distribution), and
+    representation-similarity one that output distillation need not leave in hidden states, so they must at
+    least rank it above the control."""
     distilled = REGISTRY[name]().run(contexts["distilled"])
     control = REGISTRY[name]().run(contexts["control"])
     assert distilled.effect_size > control.effect_size
     assert distilled.p_value < control.p_value
     assert control.p_value > 0.05
-    if not name.startswith(("text-", "idiosyncrasy-text")):
+    if not name.startswith(("text-", "idiosyncrasy-text", "representation-")):
         assert distilled.p_value < 0.01
 
 
 class FakeTextOnlyAdapter:
-    """A fake standing in for a black-box backend (none runs here before the API-backend issue):
-    it declares generation only."""
+    """A fake standing in for a black-box backend (the real ones are tested over loopback HTTP in
+    tests/test_backend_http.py): it declares generation only."""
 
     name = "text-only"
     capabilities = frozenset({Capability.GENERATE})

@@ -17,6 +17,7 @@ class Capability(str, enum.Enum):
     GENERATE = "generate"  # greedy or seeded-sampling continuations
     GENERATE_TOPK = "generate-topk"  # top-k log-probs at each generated step
     HIDDEN_STATES = "hidden-states"  # per-token hidden states of chosen layers
+    WEIGHTS = "weights"  # the parameters themselves (per-layer MLP input weights), for weight lineage
 
 
 @dataclass(frozen=True)

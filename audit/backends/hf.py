@@ -472,6 +472,50 @@ class HFAdapter:
             return str(full_text[len(prompt_text) :])
         return str(self.tokenizer.decode(new_ids, skip_special_tokens=True))
 
+    @property
+    def n_layers(self) -> int:
+        """Transformer blocks; hidden-state layer 0 is the embeddings, so layers run 0..n_layers."""
+        config = self.model.config
+        for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 0
+
+    def mlp_weights(self) -> list[np.ndarray]:
+        """Per transformer block, the MLP's input weights as one row per hidden unit: ``[units, d_model * k]``
+        (k input projections side by side, e.g. Llama's up and gate). Empty when none are recognised.
+
+        A unit's row is what it reads from the residual stream; permuting a block's units permutes these
+        rows, which is what the weight-lineage test relies on. Found by shape: inside a block's MLP, the
+        linear maps (nn.Linear, or GPT-2's transposed Conv1D) from d_model to a wider space."""
+        import re
+
+        from transformers.pytorch_utils import Conv1D
+
+        d_model = self.model.get_input_embeddings().weight.shape[1]
+        blocks: dict[int, list[torch.Tensor]] = {}
+        for name, module in self.model.named_modules():
+            if not re.search(r"(mlp|feed_forward|ffn|fc1|dense_h_to_4h)", name):
+                continue
+            if isinstance(module, torch.nn.Linear):
+                weight = module.weight  # [out, in]
+            elif isinstance(module, Conv1D):
+                weight = module.weight.T  # stored [in, out]
+            else:
+                continue
+            out_dim, in_dim = weight.shape
+            found = re.search(r"\.(\d+)\.", f".{name}.")
+            if found is None or in_dim != d_model or out_dim <= d_model:
+                continue
+            blocks.setdefault(int(found.group(1)), []).append(weight.detach().float().cpu())
+        out = []
+        for index in sorted(blocks):
+            mats = blocks[index]
+            if len({m.shape[0] for m in mats}) == 1:
+                out.append(torch.cat(mats, dim=1).numpy().astype(np.float32))
+        return out
+
     def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
         """Per-token hidden states of the chosen layers (0 = embeddings, -1 = last): [layers, tokens, dim]."""
         if not texts:

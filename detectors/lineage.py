@@ -1,0 +1,294 @@
+"""White-box lineage: evidence in the weights and the representations, when both models are open.
+
+weight-lineage (teacher and student weights; no references): a student initialised from the teacher's
+layers (DistilBERT/DistilGPT2 style: every other block copied, then trained) keeps a trace of them. A
+freshly initialised network's hidden units are exchangeable: initialisation draws them i.i.d. and training
+treats them alike, so under independence the *order* of a block's MLP units says nothing about the
+teacher's. The statistic is the mean cosine between student unit k and teacher unit k (their rows of MLP
+input weights, read in the shared residual basis), maximised over all block pairs of matching shape. The
+p-value is exact: the student's units are permuted at random within each block, independently, the
+maximum recomputed, and p = (1 + #{permuted max >= observed}) / (1 + B) (Zhu et al. 2025, "Independence
+Tests for Language Models", permutation test). The same permutations give, for each block pair, a p-value
+adjusted for all pairs (max-T), so the report can say which student block came from which teacher block.
+
+representation-similarity (hidden states of every model; references): linear CKA between the teacher's
+and a model's hidden states on the probe texts, every layer against every layer (the heat map in the
+report). Tokenizers may differ, so the rows are *words*: a word's vector is the mean of the hidden states
+of the tokens that overlap it. Each model (student and references alike) is compared at its own most
+similar layer pair, then per probe text (CKA over that text's words) against the panel with the panel
+test (a Wilcoxon signed-rank test, i.e. a permutation test over sign flips of per-text differences, with
+the panel prediction test). Students trained with hidden-state losses (TinyBERT/MiniLM style) show it.
+
+Both detectors can only add evidence *for* distillation: a student distilled from scratch by logits
+inherits no weights, so neither detector's silence supports "not distilled" (their power check is left
+empty, so the verdict never counts them as ruling distillation out).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from audit.backends.base import Capability, ModelAdapter, ScoredText
+from detectors.base import Detector, DetectorContext, Evidence
+from detectors.panel import panel_evidence, suspects
+
+# -- weight lineage --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightParams:
+    permutations: int = 9999  # p-values down to 1e-4: small enough to survive Bonferroni over the detectors
+    max_units: int = 512  # units compared per block (a seeded subset, the same indices in both models)
+    margin: float = 0.05  # mean cosine of corresponding units counted as inherited
+
+
+def _unit_rows(mats: Sequence[np.ndarray], idx: np.ndarray | None) -> list[np.ndarray]:
+    out = []
+    for m in mats:
+        rows = m if idx is None else m[idx]
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        out.append((rows / np.maximum(norms, 1e-12)).astype(np.float64))
+    return out
+
+
+def weight_lineage_test(teacher: Sequence[np.ndarray], student: Sequence[np.ndarray], rng: np.random.Generator,
+                        permutations: int = 9999, max_units: int = 512) -> dict[str, Any]:
+    """The exact permutation test on per-block MLP input weights ([units, d] each; pairs of equal shape).
+
+    Returns the observed statistic per block pair, the global p-value, max-T adjusted p-values per pair, and
+    the null maxima (for the power check)."""
+    pairs = [(i, j) for i, s in enumerate(student) for j, t in enumerate(teacher) if s.shape == t.shape]
+    if not pairs:
+        return {"pairs": [], "p_value": math.nan}
+    units = student[pairs[0][0]].shape[0]
+    idx = None
+    if units > max_units:
+        idx = np.sort(rng.choice(units, size=max_units, replace=False))
+        units = max_units
+    s_rows = _unit_rows(student, idx)
+    t_rows = _unit_rows(teacher, idx)
+    # cross-cosine matrices G[i, j][a, b] = cos(student i unit a, teacher j unit b): a permutation of the
+    # student's units only reorders rows, so every permuted statistic is a diagonal sum of these.
+    grams = {(i, j): s_rows[i] @ t_rows[j].T for i, j in pairs}
+    observed = {(i, j): float(np.trace(g)) / units for (i, j), g in grams.items()}
+    by_block: dict[int, tuple[list[int], np.ndarray]] = {}
+    for i in sorted({a for a, _ in pairs}):
+        js = [j for a, j in pairs if a == i]
+        by_block[i] = (js, np.stack([grams[(i, j)] for j in js]))  # [teacher blocks, units, units]
+    maxima = np.empty(permutations)
+    arange = np.arange(units)
+    for b in range(permutations):
+        # the student's units permuted independently in each block; every block pair re-scored
+        maxima[b] = max(float(g[:, rng.permutation(units), arange].sum(axis=1).max()) for _, g in by_block.values()) / units
+    best = max(observed.values())
+    p = (1 + int(np.sum(maxima >= best))) / (1 + permutations)
+    adjusted = {key: (1 + int(np.sum(maxima >= value))) / (1 + permutations) for key, value in observed.items()}
+    return {"pairs": pairs, "observed": observed, "adjusted": adjusted, "p_value": p, "statistic": best,
+            "null_maxima": maxima, "units": units, "unit_index": idx}
+
+
+class WeightLineage(Detector):
+    name = "weight-lineage"
+    summary = "The student's MLP units line up, in order, with the teacher's: its weights were initialised from the teacher's"
+    requires = {"teacher": frozenset({Capability.WEIGHTS}), "student": frozenset({Capability.WEIGHTS})}
+    Params = WeightParams
+    null = (
+        "The student was not initialised from the teacher's weights: its MLP hidden units are exchangeable "
+        "(random initialisation, training that treats units alike), so their order carries no information "
+        "about the teacher's."
+    )
+
+    def unmet_needs(self, ctx_models: Any, has_teacher_logs: bool = False, **kw: Any) -> str | None:
+        reason = super().unmet_needs(ctx_models, has_teacher_logs, **kw)
+        if reason is not None:
+            return reason
+        teacher = [s.shape for a in ctx_models.get("teacher", ()) for s in _weights(a)]
+        student = [s.shape for a in ctx_models.get("student", ()) for s in _weights(a)]
+        if not teacher or not student:
+            return "no MLP weights were recognised in the teacher or the student"
+        if not set(teacher) & set(student):
+            return ("no student block has MLP weights of the same shape as a teacher block (different width or "
+                    "architecture); representation-similarity still applies")
+        return None
+
+    def run(self, ctx: DetectorContext) -> Evidence:
+        p: WeightParams = self.params
+        teacher = _weights(ctx.teacher.adapter)
+        student = _weights(ctx.student.adapter)
+        rng = ctx.rng(self.name)
+        res = weight_lineage_test(teacher, student, rng, p.permutations, p.max_units)
+        observed, adjusted = res["observed"], res["adjusted"]
+        best_pair = max(observed, key=observed.get)
+        # 95% CI of the best pair's mean cosine: bootstrap over units
+        i, j = best_pair
+        s_rows = _unit_rows([student[i]], res["unit_index"])[0]
+        t_rows = _unit_rows([teacher[j]], res["unit_index"])[0]
+        per_unit = np.einsum("ad,ad->a", s_rows, t_rows)
+        boots = [float(per_unit[rng.integers(0, per_unit.size, per_unit.size)].mean()) for _ in range(1000)]
+        ci_low, ci_high = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
+        maxima = res["null_maxima"]
+        lineage = []
+        for si in sorted({a for a, _ in res["pairs"]}):
+            cands = [(b, observed[(a, b)]) for a, b in res["pairs"] if a == si]
+            tj, value = max(cands, key=lambda c: c[1])
+            lineage.append({"student_block": si, "teacher_block": tj, "mean_cosine": round(value, 4),
+                            "adjusted_p_value": adjusted[(si, tj)],
+                            "inherited": adjusted[(si, tj)] < 0.05})
+        return Evidence(
+            detector=self.name,
+            test=f"exact permutation test ({len(maxima)} random permutations of the student's units within each "
+                 "block; statistic: the largest mean cosine of corresponding units over all block pairs)",
+            null=self.null,
+            statistic=float(res["statistic"]),
+            statistic_name="max over block pairs of the mean cosine of unit k with unit k",
+            p_value=float(res["p_value"]),
+            effect_size=float(res["statistic"]),
+            effect_size_name=f"mean cosine of corresponding MLP units, student block {i} vs teacher block {j}",
+            ci_low=ci_low,
+            ci_high=ci_high,
+            ci_level=0.95,
+            n=int(res["units"]),
+            rules_out=False,  # no inherited weights does not mean not distilled
+            margin=p.margin,
+            planted_p_value=math.nan,
+            details={
+                "lineage": lineage,
+                "block_pairs": len(res["pairs"]),
+                "units_compared": int(res["units"]),
+                "null_max_mean": float(maxima.mean()),
+                "null_max_q99": float(np.quantile(maxima, 0.99)),
+                "one_sided": "evidence for inherited weights only; silence does not support not-distilled",
+            },
+        )
+
+
+def _weights(adapter: ModelAdapter) -> list[np.ndarray]:
+    inner = getattr(adapter, "inner", adapter)
+    get = getattr(inner, "mlp_weights", None)
+    return list(get()) if callable(get) else []
+
+
+
+# -- representation similarity ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CKAParams:
+    max_layers: int = 8  # layers per model (evenly spaced, embeddings excluded)
+    min_words: int = 4  # texts with fewer words give no per-text CKA
+    margin: float = 0.05  # CKA excess over the closest reference counted as distillation
+
+
+_WORD = re.compile(r"\S+")
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def word_vectors(hidden: np.ndarray, scored: ScoredText, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """[layers, words, d]: each word's vector is the mean of the hidden states of the tokens overlapping it
+    (the tokenizer-free rows every model shares). A word no token overlaps gets the nearest token before it."""
+    starts, ends = scored.offsets[:, 0], scored.offsets[:, 1]
+    real = ends > starts
+    out = np.zeros((hidden.shape[0], len(spans), hidden.shape[2]), dtype=np.float64)
+    for w, (a, b) in enumerate(spans):
+        sel = np.nonzero(real & (starts < b) & (ends > a))[0]
+        if sel.size == 0:
+            before = np.nonzero(real & (starts < b))[0]
+            sel = before[-1:] if before.size else np.array([min(1, hidden.shape[1] - 1)])
+        out[:, w] = hidden[:, sel].mean(axis=1)
+    return out
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA (Kornblith et al. 2019) between [n, d1] and [n, d2], columns centred."""
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    xy = np.linalg.norm(y.T @ x) ** 2
+    xx = np.linalg.norm(x.T @ x)
+    yy = np.linalg.norm(y.T @ y)
+    return float(xy / (xx * yy)) if xx > 0 and yy > 0 else math.nan
+
+
+def _layers(adapter: ModelAdapter, max_layers: int) -> list[int]:
+    n = int(getattr(getattr(adapter, "inner", adapter), "n_layers", 0) or 0)
+    if n <= 0:
+        return [-1]
+    picks = np.unique(np.round(np.linspace(1, n, min(n, max_layers))).astype(int))
+    return [int(x) for x in picks]
+
+
+class RepresentationSimilarity(Detector):
+    name = "representation-similarity"
+    summary = "The student's hidden states are more like the teacher's (linear CKA over words) than the references' are"
+    requires = {
+        "teacher": frozenset({Capability.HIDDEN_STATES, Capability.SCORE}),
+        "student": frozenset({Capability.HIDDEN_STATES, Capability.SCORE}),
+        "reference": frozenset({Capability.HIDDEN_STATES, Capability.SCORE}),
+    }
+    min_references = 2
+    Params = CKAParams
+    null = (
+        "The student is no more teacher-like in its hidden representations than an independent reference: "
+        "per probe text, its CKA to the teacher is exchangeable with the references'."
+    )
+
+    def run(self, ctx: DetectorContext) -> Evidence:
+        p: CKAParams = self.params
+        texts = list(ctx.prompts)
+        spans = [word_spans(t) for t in texts]
+        keep = [k for k, s in enumerate(spans) if len(s) >= p.min_words]
+        t_layers = _layers(ctx.teacher.adapter, p.max_layers)
+        teacher = self._vectors(ctx, ctx.teacher, texts, spans, t_layers)
+        models = suspects(ctx)
+        values: dict[str, np.ndarray] = {}
+        heatmaps: dict[str, Any] = {}
+        for m in models:
+            m_layers = _layers(m.adapter, p.max_layers)
+            vecs = self._vectors(ctx, m, texts, spans, m_layers)
+            rows_t = np.concatenate([teacher[k] for k in keep], axis=1)  # [layers, words, d]
+            rows_m = np.concatenate([vecs[k] for k in keep], axis=1)
+            grid = np.array([[linear_cka(rows_m[a], rows_t[b]) for b in range(len(t_layers))]
+                             for a in range(len(m_layers))])
+            a, b = np.unravel_index(np.nanargmax(grid), grid.shape)
+            heatmaps[m.name] = {"layers": m_layers, "teacher_layers": t_layers,
+                                "cka": [[round(float(v), 4) for v in row] for row in grid],
+                                "best": [m_layers[a], t_layers[b]], "best_cka": round(float(grid[a, b]), 4)}
+            per_text = np.full(len(texts), np.nan)
+            for k in keep:
+                per_text[k] = linear_cka(vecs[k][a], teacher[k][b])
+            values[m.name] = per_text
+        def examples(student: np.ndarray, closest: np.ndarray, closest_name: str) -> list[dict[str, Any]]:
+            gap = np.where(np.isfinite(student - closest), student - closest, -np.inf)
+            order = [int(k) for k in np.argsort(-gap, kind="stable")[:3] if np.isfinite(gap[k])]
+            return [{"prompt": texts[k], "student_cka": round(float(student[k]), 4), "reference": closest_name,
+                     "reference_cka": round(float(closest[k]), 4)} for k in order]
+
+        evidence = panel_evidence(
+            self.name, ctx, values, null=self.null, statistic="per-text CKA to the teacher (each model at its "
+            "most similar layer pair)", margin=p.margin, details={"heatmaps": heatmaps, "texts_used": len(keep)},
+            examples=examples,
+        )
+        return _one_sided(evidence)
+
+    @staticmethod
+    def _vectors(ctx: DetectorContext, model: Any, texts: list[str], spans: list[list[tuple[int, int]]],
+                 layers: list[int]) -> list[np.ndarray]:
+        hidden = ctx.engine.hidden_states(model.adapter, texts, layers)
+        scored = ctx.score(model, texts)
+        return [word_vectors(h, s, sp) for h, s, sp in zip(hidden, scored, spans)]
+
+
+def _one_sided(e: Evidence) -> Evidence:
+    """Evidence that can only speak for distillation: never counted as ruling it out."""
+    import dataclasses
+
+    details = dict(e.details, one_sided="evidence for representation similarity only; silence does not support "
+                   "not-distilled")
+    return dataclasses.replace(e, rules_out=False, planted_p_value=math.nan, details=details)

@@ -1,0 +1,165 @@
+"""White-box lineage: the exact permutation test is valid (independent models are not flagged at alpha within
+sampling error) and powerful (a layer-initialised student is caught, with the right block map); linear CKA
+and word pooling behave; the detectors run in a real audit on real tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from audit import synthetic
+from audit.backends.hf import HFAdapter
+from detectors.lineage import linear_cka, weight_lineage_test, word_spans, word_vectors
+from tests.conftest import cli
+
+# -- the permutation test on simulated weights -----------------------------------------------------------
+
+
+def _blocks(rng: np.random.Generator, n: int = 2, units: int = 48, d: int = 24) -> list[np.ndarray]:
+    return [rng.standard_normal((units, d)) for _ in range(n)]
+
+
+def test_independent_weights_are_flagged_at_alpha_within_sampling_error() -> None:
+    rng = np.random.default_rng(0)
+    trials, alpha = 300, 0.05
+    p = [weight_lineage_test(_blocks(rng), _blocks(rng), rng, permutations=99)["p_value"] for _ in range(trials)]
+    rate = float(np.mean(np.array(p) <= alpha))
+    assert rate <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
+    assert min(p) >= 1 / 100  # a permutation p-value is never below 1 / (B + 1)
+
+
+def test_a_teachers_units_in_another_order_are_not_lineage() -> None:
+    # the same units, shuffled: what an independent initialisation of identical geometry would look like
+    rng = np.random.default_rng(1)
+    p = []
+    for _ in range(200):
+        teacher = _blocks(rng)
+        student = [t[rng.permutation(t.shape[0])] + 0.1 * rng.standard_normal(t.shape) for t in teacher]
+        p.append(weight_lineage_test(teacher, student, rng, permutations=99)["p_value"])
+    assert float(np.mean(np.array(p) <= 0.05)) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)
+
+
+def test_inherited_blocks_are_found_and_mapped() -> None:
+    rng = np.random.default_rng(2)
+    teacher = _blocks(rng, n=4)
+    student = [teacher[1] + 1.5 * rng.standard_normal(teacher[1].shape),  # heavily trained after the copy
+               teacher[3] + 1.5 * rng.standard_normal(teacher[3].shape)]
+    res = weight_lineage_test(teacher, student, rng, permutations=199)
+    assert res["p_value"] == pytest.approx(1 / 200)
+    best = {i: max((j for a, j in res["pairs"] if a == i), key=lambda j: res["observed"][(i, j)]) for i in (0, 1)}
+    assert best == {0: 1, 1: 3}
+    assert res["adjusted"][(0, 1)] < 0.05 and res["adjusted"][(0, 0)] > 0.05
+
+
+def test_blocks_of_other_shapes_are_not_compared() -> None:
+    rng = np.random.default_rng(3)
+    res = weight_lineage_test(_blocks(rng, d=24), _blocks(rng, d=16), rng, permutations=9)
+    assert res["pairs"] == [] and np.isnan(res["p_value"])
+
+
+# -- CKA and word pooling ----------------------------------------------------------------------------------
+
+
+def test_linear_cka_is_invariant_to_rotation_and_scale_and_low_for_unrelated() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((200, 16))
+    q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    assert linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0)
+    assert linear_cka(x, rng.standard_normal((200, 16))) < 0.2
+    wider = np.concatenate([x, rng.standard_normal((200, 8)) * 0.01], axis=1)  # another width
+    assert linear_cka(x, wider) > 0.99
+
+
+def test_word_vectors_give_every_tokenizer_the_same_rows(tmp_path: Path) -> None:
+    text = "Kise peru suni roso ria. Vunu tea loa"
+    spans = word_spans(text)
+    rows = []
+    for kind in ("bpe", "unigram"):
+        synthetic.build_tokenizer(synthetic.Grammar(), tmp_path / kind, kind=kind)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tmp_path / kind)
+        model = synthetic.new_model(tok, synthetic.TinyConfig(context=64), seed=0)
+        model.save_pretrained(tmp_path / f"m-{kind}")
+        tok.save_pretrained(tmp_path / f"m-{kind}")
+        adapter = HFAdapter.load(str(tmp_path / f"m-{kind}"))
+        (hidden,) = adapter.hidden_states([text], [0, 1])
+        (scored,) = adapter.score([text], 1)
+        vecs = word_vectors(hidden, scored, spans)
+        assert vecs.shape[:2] == (2, len(spans)) and np.isfinite(vecs).all()
+        rows.append(vecs.shape[1])
+    assert rows[0] == rows[1] == 8
+
+
+# -- real checkpoints ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lineage_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 4-block teacher, a student initialised from its blocks 1 and 3 then trained on other text, and
+    three independent 2-block models of the student's shape (references and a control)."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("lineage")
+    grammar = synthetic.Grammar()
+    synthetic.build_tokenizer(grammar, root / "tok")
+    tok = AutoTokenizer.from_pretrained(root / "tok")
+    plan = synthetic.TrainPlan(steps=120, batch=16, width=48)
+    paths: dict[str, Any] = {}
+
+    def fit(name: str, model: Any, seed: int) -> Any:
+        model = synthetic.train(model, synthetic.encode_corpus(tok, grammar.text(400, seed=seed)),
+                                synthetic.TrainPlan(steps=plan.steps, batch=plan.batch, width=plan.width, seed=seed))
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        paths[name] = root / name
+        return model
+
+    teacher = fit("teacher", synthetic.new_model(tok, synthetic.TinyConfig(layers=4, context=128), seed=1), 1)
+    fit("student", synthetic.layer_initialised(teacher, tok, [1, 3], seed=2), 2)
+    for i in range(3):
+        fit(f"independent-{i}", synthetic.new_model(tok, synthetic.TinyConfig(layers=2, context=128), seed=10 + i),
+            10 + i)
+    probes = root / "probes.txt"
+    probes.write_text("\n".join(grammar.prompts(40, seed=99)) + "\n")
+    paths["probes"] = probes
+    return paths
+
+
+def _audit(models: dict[str, Any], student: str, out: Path, *extra: str) -> dict[str, Any]:
+    proc = cli("-q", "run", "--teacher", str(models["teacher"]), "--student", str(models[student]),
+               *[a for r in ("independent-1", "independent-2") for a in ("--reference", str(models[r]))],
+               "--probes", str(models["probes"]), "--detector", "weight-lineage",
+               "--detector", "representation-similarity", "--no-negative-controls", "--out", str(out), *extra)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "result.json").read_text())
+
+
+def test_a_layer_initialised_student_is_caught_with_its_block_map(lineage_models: dict[str, Any],
+                                                                   tmp_path: Path) -> None:
+    result = _audit(lineage_models, "student", tmp_path / "out")
+    ev = {e["detector"]: e for e in result["evidence"]}
+    weights = ev["weight-lineage"]
+    assert weights["p_value"] <= 0.002
+    blocks = {row["student_block"]: row["teacher_block"] for row in weights["details"]["lineage"]}
+    assert blocks == {0: 1, 1: 3}
+    assert all(row["inherited"] for row in weights["details"]["lineage"])
+    assert weights["planted_p_value"] is None and not weights["rules_out"]  # one-sided evidence
+    cka = ev["representation-similarity"]
+    heat = cka["details"]["heatmaps"]["student"]
+    assert len(heat["cka"]) == 2 and len(heat["cka"][0]) == 4  # student layers x teacher layers
+    assert heat["best_cka"] > max(h["best_cka"] for name, h in cka["details"]["heatmaps"].items() if name != "student")
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "student block 0" in html and "<svg" in html
+
+
+def test_an_independent_model_of_the_same_shape_is_not_flagged(lineage_models: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    result = _audit(lineage_models, "independent-0", tmp_path / "out")
+    weights = next(e for e in result["evidence"] if e["detector"] == "weight-lineage")
+    assert weights["p_value"] > 0.01
+    assert not any(row["inherited"] for row in weights["details"]["lineage"])
