@@ -63,7 +63,7 @@ def load_outputs(path: Path, flag: str) -> tuple[LoggedOutput, ...]:
     except UnicodeDecodeError as exc:
         raise UsageError(f"{flag} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     out = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
         if not raw.strip():
             continue
         try:

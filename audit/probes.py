@@ -92,7 +92,7 @@ def load_probe_set(spec: str) -> ProbeSet:
 
 def _parse_jsonl(text: str, where: str) -> tuple[str, ...]:
     prompts = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:

@@ -55,3 +55,12 @@ def test_pairs_by_prompt_and_repeat_and_refuses_unpaired_sets() -> None:
     assert pairs.unpaired_logged == 1 and pairs.unpaired_fresh == 1
     with pytest.raises(UsageError, match="share no prompt"):
         pair_outputs(logged, [LoggedOutput("other", "x")], "file")
+
+
+def test_a_line_separator_inside_a_json_string_does_not_split_the_line(tmp_path: Path) -> None:
+    # U+2028 and U+2029 are legal raw inside JSON strings; str.splitlines() would cut the line there
+    path = tmp_path / "logs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "completion": "a\u2028b\u2029c"}, ensure_ascii=False) + "\r\n",
+                    encoding="utf-8")
+    (out,) = load_outputs(path, "--teacher-logs")
+    assert out.completion == "a\u2028b\u2029c" and out.line == 1
