@@ -52,16 +52,26 @@ def outputs_hash(outputs: Sequence[LoggedOutput]) -> str:
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def load_outputs(path: Path, flag: str) -> tuple[LoggedOutput, ...]:
-    """Read a JSONL file of prompt/completion objects; every problem is one error naming file and line."""
+def read_jsonl(path: Path, flag: str) -> tuple[str, bytes]:
+    """A user's JSONL file as text (a leading byte-order mark dropped) and as the bytes read, or one error
+    line naming the flag and the file: missing, a directory, unreadable, not UTF-8."""
     if not path.exists():
         raise UsageError(f"{flag} {path}: no such file")
     if path.is_dir():
         raise UsageError(f"{flag} {path}: is a directory, expected a JSONL file")
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot read: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8-sig"), data
     except UnicodeDecodeError as exc:
         raise UsageError(f"{flag} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def load_outputs(path: Path, flag: str) -> tuple[LoggedOutput, ...]:
+    """Read a JSONL file of prompt/completion objects; every problem is one error naming file and line."""
+    text, _ = read_jsonl(path, flag)
     out = []
     for number, raw in enumerate(text.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
         if not raw.strip():

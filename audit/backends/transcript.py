@@ -32,6 +32,7 @@ import numpy as np
 from audit.backends.base import Capability, GenerateParams, Generation, ScoredText
 from audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
 from audit.errors import CapabilityError, UsageError
+from audit.logs import read_jsonl
 
 CHARS_PER_TOKEN = 4  # the cut rule when neither logged tokens nor a tokenizer say where tokens end
 _MAX_REPORTED = 10  # malformed lines named in the one error; the rest are counted
@@ -290,15 +291,7 @@ def load_transcript(path: Path, flag: str = "--teacher-transcript") -> tuple[Tra
 
 
 def _read(path: Path, flag: str) -> tuple[tuple[TranscriptEntry, ...], str]:
-    if not path.exists():
-        raise UsageError(f"{flag} {path}: no such file")
-    if path.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory, expected a JSONL file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{flag} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text, data = read_jsonl(path, flag)
     entries: list[TranscriptEntry] = []
     bad: list[str] = []
     # split on newlines only: JSON strings may hold a raw U+2028, which str.splitlines() would break on
