@@ -86,6 +86,13 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj = {"progress": False if quiet else None}
 
 
+def _stack(func: F, options: list[Callable[[Any], Any]]) -> F:
+    """Apply click options so they list in --help in the order written."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def _model_options(func: F) -> F:
     options = [
         click.option("--device", default="auto", show_default=True,
@@ -105,9 +112,7 @@ def _model_options(func: F) -> F:
                      help="Inference cache and demo models [default: the user cache directory]."),
         click.option("--no-cache", is_flag=True, help="Keep no inference cache on disk."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(func, options)
 
 
 def _audit_options(func: F) -> F:
@@ -141,9 +146,7 @@ def _audit_options(func: F) -> F:
                      help="Watermarked teacher texts (`watermark generate` output): the student reads them "
                           "(reading mode) when it scores text and shares the key's tokenizer."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(func, options)
 
 
 def _out_dir(out: Path) -> Path:
@@ -188,9 +191,7 @@ def _remote_options(func: F) -> F:
                      help="Retries of a request after 429, 5xx, timeouts or cut-short answers (exponential backoff "
                           "with jitter; Retry-After is honoured)."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(func, options)
 
 
 @main.command()

@@ -122,7 +122,6 @@ class OpenAIAdapter:
         self._limit_key = "max_tokens"  # or max_completion_tokens (chat, newer hosted models)
         self._tokenize_route: str | None = None  # "vllm" | "llama.cpp"
         self._context: int | None = None
-        self._tokenizer_checked = False
         self._fingerprint = remote_fingerprint("openai-compatible", client.endpoint.url, config.model, None)
 
     # -- connecting ---------------------------------------------------------------------------------
@@ -264,7 +263,7 @@ class OpenAIAdapter:
         if isinstance(got, dict) and isinstance(got.get("tokens"), list):
             server_ids = [int(t) for t in got["tokens"]]
         elif self.score_route == "echo":
-            (scored,) = self._score_batch([_PROBE_TEXT], 1)
+            scored = self._score_one(_PROBE_TEXT, 1)
             server_ids = [int(i) for i in scored.token_ids]
         flag = f"--{self.name.split('-')[0]}-tokenizer"
         if server_ids is None:
@@ -273,7 +272,6 @@ class OpenAIAdapter:
         elif not (_same_tokens(server_ids, local) or _same_tokens(server_ids, local[1:])):
             raise UsageError(f"{flag} {self.token_map.source}: tokenises a test text differently from the server "
                              f"({len(server_ids)} vs {len(local)} tokens); it is not the served model's tokenizer")
-        self._tokenizer_checked = True
         self._fingerprint = remote_fingerprint("openai-compatible", self.client.endpoint.url, self.config.model,
                                                self.token_map.fingerprint)
 
@@ -411,9 +409,6 @@ class OpenAIAdapter:
             raise CapabilityError(f"{self.name}: the server cannot score a given text (no echo log-probs, no TGI "
                                   "/generate details)")
         return self._concurrently(lambda t: self._score_one(t, top_k), texts, on_result)
-
-    def _score_batch(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
-        return [self._score_one(t, top_k) for t in texts]
 
     def _score_one(self, text: str, top_k: int) -> ScoredText:
         k = max(1, top_k) if Capability.SCORE_TOPK in self._caps else 0

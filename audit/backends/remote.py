@@ -88,8 +88,9 @@ class TokenMap:
         out = np.full(len(tokens), UNKNOWN_ID, dtype=np.int64)
         pieces: dict[str, int] | None = None
         for i, t in enumerate(tokens):
-            if t.startswith(TOKEN_ID_PREFIX) and t[len(TOKEN_ID_PREFIX):].isdigit():
-                out[i] = int(t[len(TOKEN_ID_PREFIX):])
+            sent = _sent_id(t)
+            if sent is not None:
+                out[i] = sent
                 continue
             if pieces is None:
                 pieces = self._pieces()
@@ -103,13 +104,16 @@ class TokenMap:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
+def _sent_id(token: str) -> int | None:
+    """The id in vLLM's ``token_id:N`` form, or None."""
+    rest = token[len(TOKEN_ID_PREFIX):]
+    return int(rest) if token.startswith(TOKEN_ID_PREFIX) and rest.isdigit() else None
+
+
 def parse_token_ids(tokens: Sequence[str], token_map: TokenMap | None) -> np.ndarray:
     """Ids for API token strings: exact when the server sent ids, through the local tokenizer otherwise,
     and :data:`UNKNOWN_ID` where neither can tell."""
     if token_map is not None:
         return token_map.ids(tokens)
-    out = np.full(len(tokens), UNKNOWN_ID, dtype=np.int64)
-    for i, t in enumerate(tokens):
-        if t.startswith(TOKEN_ID_PREFIX) and t[len(TOKEN_ID_PREFIX):].isdigit():
-            out[i] = int(t[len(TOKEN_ID_PREFIX):])
-    return out
+    sent = (_sent_id(t) for t in tokens)
+    return np.array([UNKNOWN_ID if i is None else i for i in sent], dtype=np.int64)
