@@ -216,6 +216,24 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(xy / (xx * yy)) if xx > 0 and yy > 0 else math.nan
 
 
+def cka_profile(model: Sequence[np.ndarray], teacher: Sequence[np.ndarray],
+                keep: Sequence[int]) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """One model against the teacher, from per-text word vectors ([layers, words, d] each).
+
+    Returns the layer-by-layer CKA grid over all kept texts' words, the model's most similar layer pair
+    (chosen by the same rule for every model, so the student stays exchangeable with the references), and
+    per-text CKA at that pair (NaN for texts not kept)."""
+    rows_m = np.concatenate([model[k] for k in keep], axis=1)
+    rows_t = np.concatenate([teacher[k] for k in keep], axis=1)
+    grid = np.array([[linear_cka(rows_m[a], rows_t[b]) for b in range(rows_t.shape[0])]
+                     for a in range(rows_m.shape[0])])
+    a, b = (int(i) for i in np.unravel_index(np.nanargmax(grid), grid.shape))
+    per_text = np.full(len(model), np.nan)
+    for k in keep:
+        per_text[k] = linear_cka(model[k][a], teacher[k][b])
+    return grid, (a, b), per_text
+
+
 def _layers(adapter: ModelAdapter, max_layers: int) -> list[int]:
     n = int(getattr(getattr(adapter, "inner", adapter), "n_layers", 0) or 0)
     if n <= 0:
@@ -246,24 +264,15 @@ class RepresentationSimilarity(Detector):
         keep = [k for k, s in enumerate(spans) if len(s) >= p.min_words]
         t_layers = _layers(ctx.teacher.adapter, p.max_layers)
         teacher = self._vectors(ctx, ctx.teacher, texts, spans, t_layers)
-        models = suspects(ctx)
         values: dict[str, np.ndarray] = {}
         heatmaps: dict[str, Any] = {}
-        for m in models:
+        for m in suspects(ctx):
             m_layers = _layers(m.adapter, p.max_layers)
-            vecs = self._vectors(ctx, m, texts, spans, m_layers)
-            rows_t = np.concatenate([teacher[k] for k in keep], axis=1)  # [layers, words, d]
-            rows_m = np.concatenate([vecs[k] for k in keep], axis=1)
-            grid = np.array([[linear_cka(rows_m[a], rows_t[b]) for b in range(len(t_layers))]
-                             for a in range(len(m_layers))])
-            a, b = np.unravel_index(np.nanargmax(grid), grid.shape)
+            grid, (a, b), values[m.name] = cka_profile(self._vectors(ctx, m, texts, spans, m_layers), teacher, keep)
             heatmaps[m.name] = {"layers": m_layers, "teacher_layers": t_layers,
                                 "cka": [[round(float(v), 4) for v in row] for row in grid],
                                 "best": [m_layers[a], t_layers[b]], "best_cka": round(float(grid[a, b]), 4)}
-            per_text = np.full(len(texts), np.nan)
-            for k in keep:
-                per_text[k] = linear_cka(vecs[k][a], teacher[k][b])
-            values[m.name] = per_text
+
         def examples(student: np.ndarray, closest: np.ndarray, closest_name: str) -> list[dict[str, Any]]:
             gap = np.where(np.isfinite(student - closest), student - closest, -np.inf)
             order = [int(k) for k in np.argsort(-gap, kind="stable")[:3] if np.isfinite(gap[k])]

@@ -163,3 +163,38 @@ def test_an_independent_model_of_the_same_shape_is_not_flagged(lineage_models: d
     weights = next(e for e in result["evidence"] if e["detector"] == "weight-lineage")
     assert weights["p_value"] > 0.01
     assert not any(row["inherited"] for row in weights["details"]["lineage"])
+
+
+def _cka_trial(rng: np.random.Generator, student_like_teacher: bool, n_refs: int = 4, texts: int = 20,
+               words: int = 8, latent: int = 12, d: int = 16) -> float:
+    """One simulated audit of representation-similarity: every model's word vectors are a random linear map of
+    shared latent word features plus noise; under the null the student is drawn like any reference."""
+    from audit import stats
+    from detectors.lineage import cka_profile
+
+    z = [rng.standard_normal((words, latent)) for _ in range(texts)]
+
+    def model(maps: list[np.ndarray], noise: float) -> list[np.ndarray]:
+        return [np.stack([zk @ m + noise * rng.standard_normal((words, d)) for m in maps]) for zk in z]
+
+    t_maps = [rng.standard_normal((latent, d)) for _ in range(2)]
+    teacher = model(t_maps, 1.0)
+
+    def independent() -> list[np.ndarray]:
+        return model([rng.standard_normal((latent, d)) for _ in range(2)], float(rng.uniform(0.5, 1.5)))
+
+    keep = list(range(texts))
+    student = (model([m + 0.3 * rng.standard_normal(m.shape) for m in t_maps], 1.0) if student_like_teacher
+               else independent())
+    s_vals = cka_profile(student, teacher, keep)[2]
+    refs = {f"r{i}": cka_profile(independent(), teacher, keep)[2] for i in range(n_refs)}
+    return stats.compare_to_panel(s_vals, refs, rng, margin=0.05).p_value
+
+
+def test_representation_similarity_keeps_its_level_and_has_power_in_simulation() -> None:
+    rng = np.random.default_rng(5)
+    trials, alpha = 200, 0.05
+    null = np.array([_cka_trial(rng, False) for _ in range(trials)])
+    assert float(np.mean(null <= alpha)) <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
+    alt = np.array([_cka_trial(rng, True) for _ in range(40)])
+    assert float(np.mean(alt <= alpha)) >= 0.8

@@ -139,6 +139,7 @@ class HFAdapter:
         # transformers 5 renamed past_key_values to cache; speak whichever this version knows.
         params = inspect.signature(type(model).forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._mlp_weights: list[np.ndarray] | None = None
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -488,7 +489,13 @@ class HFAdapter:
 
         A unit's row is what it reads from the residual stream; permuting a block's units permutes these
         rows, which is what the weight-lineage test relies on. Found by shape: inside a block's MLP, the
-        linear maps (nn.Linear, or GPT-2's transposed Conv1D) from d_model to a wider space."""
+        linear maps (nn.Linear, or GPT-2's transposed Conv1D) from d_model to a wider space. Extracted once
+        (weights do not change), since needs checks, negative controls and the test all ask for them."""
+        if self._mlp_weights is None:
+            self._mlp_weights = self._extract_mlp_weights()
+        return self._mlp_weights
+
+    def _extract_mlp_weights(self) -> list[np.ndarray]:
         import re
 
         from transformers.pytorch_utils import Conv1D
