@@ -25,6 +25,7 @@ from audit.result import SCHEMA_VERSION
 from audit.spec import AuditSpec, ModelSource, TranscriptSource, describe_source
 from audit.watermark import WatermarkInputs, read_key
 from detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
+from detectors.base import DetectorSkipped
 from detectors.fingerprint import identity_observations
 from detectors.membership import SCORES as MEMBERSHIP_SCORES
 from detectors.membership import LoggedParams, LoggedVsFresh
@@ -158,7 +159,11 @@ def _run_detectors(detectors: Sequence[Detector], ctx: DetectorContext,
             skipped.append({"detector": det.name, "reason": reason})
             continue
         t0 = time.perf_counter()
-        evidence.append(det.run(ctx))
+        try:
+            evidence.append(det.run(ctx))
+        except DetectorSkipped as exc:
+            skipped.append({"detector": det.name, "reason": exc.reason})
+            continue
         if timings is not None:
             timings[det.name] = round(time.perf_counter() - t0, 3)
     return evidence, skipped

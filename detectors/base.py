@@ -19,6 +19,15 @@ from audit.logs import LogPairs
 from audit.watermark import WatermarkInputs
 
 
+class DetectorSkipped(Exception):
+    """Raised by :meth:`Detector.run` when the inputs turn out not to allow the test (found only once the
+    data is in hand, e.g. probes too short to pool into words). The runner records the reason as a skip."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Evidence:
     """What one detector found. ``p_value`` is valid under ``null``; ``effect_size`` has a CI."""
