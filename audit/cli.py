@@ -150,9 +150,28 @@ def _audit_options(func: F) -> F:
 
 
 def _out_dir(out: Path) -> Path:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    return out
+    from audit.outputs import check_output_dir
+
+    return check_output_dir(out)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> float | None:
+    """Seconds from '90', '30m', '12h', '7d'; 'forever' for no limit."""
+    text = value.strip().lower()
+    if text in ("forever", "inf", "none"):
+        return None
+    unit = _DURATION_UNITS.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise UsageError(f"--api-cache-ttl {value!r}: give a duration such as 3600, 30m, 12h, 7d, or 'forever'") from None
+    if not seconds >= 0:
+        raise UsageError(f"--api-cache-ttl {value!r}: must be 0 or more")
+    return seconds
 
 
 def _remote_options(func: F) -> F:
@@ -187,6 +206,12 @@ def _remote_options(func: F) -> F:
                      help="Requests in flight per API model."),
         click.option("--api-timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
                      help="Seconds for one API request before it is retried."),
+        click.option("--api-cache-ttl", default="7d", show_default=True, metavar="DURATION",
+                     help="How long a cached answer from a model behind an API is trusted before it is asked again "
+                          "(e.g. 3600, 30m, 12h, 7d, or 'forever'). Local models never go stale: their cache key is "
+                          "their content."),
+        click.option("--refresh", is_flag=True,
+                     help="Ask every model behind an API again instead of using cached answers (--api-cache-ttl 0)."),
         click.option("--api-retries", type=click.IntRange(min=0), default=6, show_default=True,
                      help="Retries of a request after 429, 5xx, timeouts or cut-short answers (exponential backoff "
                           "with jitter; Retry-After is honoured)."),
@@ -240,15 +265,14 @@ def run(ctx: click.Context, out: Path, fail_on: str | None, **kw: Any) -> None:
 
 
 def _write_outputs(out: Path, result: dict[str, Any]) -> None:
-    """result.json and report.html, each written whole or not at all. The report is rendered (before anything
+    """result.json and report.html, both written whole or neither. The report is rendered (before anything
     is written) from the serialised result, exactly what `render` reads back later."""
-    from audit.result import write_atomic
+    from audit.outputs import write_together
     from reports import render_html
 
     text = dumps(result)
     html = render_html(json.loads(text))
-    write_atomic(out / "result.json", text)
-    write_atomic(out / "report.html", html)
+    write_together({out / "result.json": text, out / "report.html": html})
 
 
 def _source(kw: dict[str, Any], role: str) -> Any:
@@ -307,6 +331,7 @@ def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
                          allow_pickle=kw["allow_pickle"], trust_remote_code=kw["trust_remote_code"]),
         token_budget=kw["batch_tokens"],
         cache_dir=None if kw["no_cache"] else (kw["cache_dir"] or default_cache_dir()),
+        api_cache_ttl=0.0 if kw.get("refresh") else _duration(kw.get("api_cache_ttl") or "7d"),
         teacher_logs=kw.get("teacher_logs"),
         teacher_fresh=kw.get("teacher_fresh"),
         fresh_temperature=kw.get("fresh_temperature", 1.0),
@@ -379,15 +404,15 @@ FORMATS = {"html": "report.html", "md": "summary.md", "json": "result.json", "in
 def render(result_file: Path, fmt: str, output: Path | None) -> None:
     """Rebuild a report from a result file alone, without re-running anything. Rendering the same file twice
     gives identical bytes."""
-    from audit.result import read_result, write_atomic
+    from audit.result import read_result_bytes, write_atomic
     from reports import render_html, render_markdown
     from reports.attestation import render_statement
 
     if not result_file.exists():
         raise UsageError(f"{result_file}: no such file")
-    result = read_result(result_file)
+    result, raw = read_result_bytes(result_file)  # checked against the schema; the bytes an attestation hashes
     if fmt == "intoto":
-        text = render_statement(result, result_file.read_bytes(), render_html(result))
+        text = render_statement(result, raw, render_html(result))
     else:
         text = {"html": render_html, "md": render_markdown, "json": dumps}[fmt](result)
     if output is not None and str(output) == "-":
@@ -398,6 +423,14 @@ def render(result_file: Path, fmt: str, output: Path | None) -> None:
         raise UsageError(f"{target}: refusing to overwrite the result file being rendered; choose -o")
     write_atomic(target, text)
     click.echo(str(target))
+
+
+@main.command("schema")
+def print_schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of result.json, the file `run` writes and `render` reads."""
+    from audit.result import schema_text
+
+    click.echo(schema_text(), nl=False)
 
 
 @main.command("detectors")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from audit.backends.base import GenerateParams, Generation, ModelAdapter, ScoredText
 from audit.cache import InferenceCache, pack_arrays, request_key, unpack_arrays
-from audit.errors import AuditError, CapabilityError, ProbeTooLongError
+from audit.errors import AuditError, CapabilityError, InvalidAnswerError, ProbeTooLongError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +36,8 @@ class EngineStats:
     computed: int = 0
     batches: int = 0
     oom_retries: int = 0
+    cache_corrupt: int = 0  # cached values that failed their checksum or did not read back: recomputed
+    cache_expired: int = 0  # cached API answers older than their lifetime: asked again
 
     def to_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -114,6 +116,7 @@ class Engine:
         token_budget: int = 8192,
         score_top_k: int = 10,
         progress: bool | None = None,
+        remote_max_age: float | None = None,
     ):
         if token_budget < 1:
             raise AuditError("token budget must be at least 1")
@@ -121,6 +124,9 @@ class Engine:
         self.token_budget = token_budget
         self.score_top_k = score_top_k
         self.progress = progress  # None: tqdm decides (off when stderr is not a terminal)
+        # seconds a cached answer of a remote API is trusted (None: for ever); local models are content-
+        # addressed, so their cached answers never go stale
+        self.remote_max_age = remote_max_age
         self.stats = EngineStats()
         self._memo: dict[str, object] = {}
 
@@ -176,7 +182,8 @@ class Engine:
         to_arrays: Callable[[T], Mapping[str, np.ndarray]],
         from_arrays: Callable[[dict[str, np.ndarray]], T],
     ) -> list[T]:
-        model_id = adapter.fingerprint["model"]
+        fingerprint = adapter.fingerprint
+        model_id = fingerprint["model"] + (f"@{fingerprint['numerics']}" if fingerprint.get("numerics") else "")
         keys = [request_key(model_id, kind, params, text) for text in inputs]
         self.stats.requested += len(keys)
         todo: dict[str, str] = {}
@@ -184,8 +191,21 @@ class Engine:
             if key not in self._memo:
                 todo.setdefault(key, text)
         if todo:
-            for key, blob in self.cache.get_many(todo).items():
-                self._memo[key] = from_arrays(unpack_arrays(blob))
+            remote = bool(getattr(adapter, "streams_results", False))
+            found = self.cache.get_many(todo, max_age=self.remote_max_age if remote else None)
+            self.stats.cache_corrupt += found.corrupt
+            self.stats.cache_expired += found.expired
+            for key, blob in found.values.items():
+                try:
+                    value = from_arrays(unpack_arrays(blob))
+                    check_answer(adapter.name, kind, value, todo[key])
+                except (ValueError, TypeError, KeyError, InvalidAnswerError) as exc:
+                    # a value that passed its checksum but does not read back as a valid answer (written by
+                    # a damaged run or another version): recompute it rather than use it
+                    log.warning("cache: an entry for %s did not read back (%s); recomputing it", adapter.name, exc)
+                    self.stats.cache_corrupt += 1
+                    continue
+                self._memo[key] = value
                 del todo[key]
         self.stats.cache_hits += len(keys) - len(todo)
         if todo:
@@ -227,8 +247,8 @@ class Engine:
                 preview = text[:60].replace("\n", " ")
                 raise ProbeTooLongError(
                     f"{adapter.name}: input of {size} tokens (with the tokens to generate) is longer "
-                    f"than its context of {limit}: {preview!r}... ; shorten the prompt or lower "
-                    "--max-new-tokens (distill-audit refuses rather than silently truncating)"
+                    f"than its context of {limit}: {preview!r}... ; shorten or drop that prompt in the probe file "
+                    "(distill-audit refuses rather than silently truncating)"
                 )
 
     def _stream(self, adapter: ModelAdapter, kind: str, keys: list[str], texts: list[str],
@@ -237,6 +257,7 @@ class Engine:
                    disable=(not self.progress) if self.progress is not None else None, leave=False)
 
         def commit(i: int, result: T) -> None:
+            check_answer(adapter.name, kind, result, texts[i])
             self.cache.put_many([(keys[i], pack_arrays(to_arrays(result)))])
             self._memo[keys[i]] = result
             self.stats.computed += 1
@@ -276,6 +297,8 @@ class Engine:
                     _free_accelerator_memory()
                     queue[:0] = [batch[:half], batch[half:]]
                     continue
+                for k, r in zip(batch, results):
+                    check_answer(adapter.name, kind, r, todo[k])
                 self.stats.batches += 1
                 self.stats.computed += len(batch)
                 self.cache.put_many((k, pack_arrays(to_arrays(r))) for k, r in zip(batch, results))
@@ -284,6 +307,57 @@ class Engine:
                 bar.update(len(batch))
         finally:
             bar.close()
+
+
+def _count_bad(values: np.ndarray, allow_neg_inf: bool = False) -> int:
+    bad = np.isnan(values) | (values == np.inf)
+    if not allow_neg_inf:
+        bad |= values == -np.inf
+    return int(bad.sum())
+
+
+def check_answer(model: str, kind: str, value: object, text: str) -> None:
+    """Refuse an answer that cannot be evidence: non-finite or impossible log-probs, inconsistent lengths.
+
+    Every answer passes here before it is cached or used, whichever backend produced it (an fp16 overflow in
+    a local model, NaN from a server) and whether it was computed now or read back from the cache. By
+    design the first token of a scored text has no prediction (NaN there), an API gives no entropy (all
+    NaN), a transcript without log-probs gives none for its tokens (all NaN), and a row of top-k alternatives may end in -inf where a server returned fewer than k."""
+    problems: list[str] = []
+    if isinstance(value, ScoredText):
+        n = value.n_tokens
+        if not (len(value.offsets) == len(value.target_logprob) == len(value.topk_ids) == len(value.topk_logprobs)
+                == len(value.entropy) == n) or len(value.logprob_var) not in (0, n):
+            problems.append("arrays of different lengths")
+        else:
+            lp = value.target_logprob[1:]
+            if _count_bad(lp):
+                problems.append(f"{_count_bad(lp)} non-finite log-probs of {len(lp)}")
+            elif len(lp) and float(np.max(lp)) > 1e-3:
+                problems.append(f"a log-prob above 0 ({float(np.max(lp)):.3g})")
+            if _count_bad(value.topk_logprobs[1:], allow_neg_inf=True):
+                problems.append("non-finite top-k log-probs")
+            for name, arr in (("entropy", value.entropy), ("log-prob variance", value.logprob_var)):
+                rest = arr[1:]
+                if len(rest) and not np.isnan(rest).all() and _count_bad(rest):
+                    problems.append(f"non-finite {name}")
+    elif isinstance(value, Generation):
+        if len(value.token_logprobs) != len(value.token_ids) or len(value.topk_ids) != len(value.topk_logprobs):
+            problems.append("arrays of different lengths")
+        elif not np.isnan(value.token_logprobs).all() and _count_bad(value.token_logprobs):
+            problems.append(f"{_count_bad(value.token_logprobs)} non-finite log-probs of {len(value.token_logprobs)}")
+        elif len(value.token_logprobs) and float(np.nanmax(np.append(value.token_logprobs, -1.0))) > 1e-3:
+            problems.append("a log-prob above 0")
+        elif value.topk_logprobs.size and _count_bad(value.topk_logprobs, allow_neg_inf=True):
+            problems.append("non-finite top-k log-probs")
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind == "f" and _count_bad(value):
+            problems.append(f"{_count_bad(value)} non-finite hidden-state values")
+    if problems:
+        preview = " ".join(text[:50].split())
+        raise InvalidAnswerError(
+            f"{model}: its {kind} answer for {preview!r} holds {'; '.join(problems)}; refusing to use it as "
+            "evidence (a half-precision overflow? try --dtype float32; a server fault? check its transcript)")
 
 
 def _free_accelerator_memory() -> None:

@@ -33,3 +33,7 @@ class ProbeTooLongError(UsageError):
 
 class ResultSchemaError(AuditError):
     """A result file cannot be read by this version of the tool."""
+
+
+class InvalidAnswerError(AuditError):
+    """A model's answer cannot be evidence: non-finite or impossible numbers, inconsistent shapes."""

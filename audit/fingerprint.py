@@ -1,9 +1,12 @@
-"""Content fingerprints of model weights and tokenizers.
+"""Content fingerprints of everything that decides a local model's outputs.
 
 Weights are hashed per tensor (name, dtype, shape, raw bytes) in sorted name order, so the same
 weights re-sharded into other files, or saved in another tensor order, give the same hash. A GGUF
 file is hashed as a file. The tokenizer is hashed from its canonical serialisation, so two copies of
-the same tokenizer saved by different library versions agree.
+the same tokenizer saved by different library versions agree. The configuration (``config.json``,
+the generation config, the tokenizer's config and chat template) is hashed from its canonical JSON
+without the keys that only say which library version wrote it: a copy of a model whose activation or
+RoPE base was edited is another model, and must never share its cache entries.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping
 
 _CHUNK = 1 << 22
 
@@ -21,14 +24,59 @@ def _tensor_record(name: str, dtype: str, shape: Iterable[int], data_digest: str
     return json.dumps([name, dtype, list(shape), data_digest], separators=(",", ":")).encode()
 
 
+# Bytes per element of each safetensors dtype, to check that a header's offsets match its shapes.
+_ST_DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                  "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_MAX_HEADER = 100 << 20  # the format's own reader refuses headers past 100 MB
+
+
+def _read_safetensors_header(fh: BinaryIO, size: int) -> tuple[dict[str, Any], int]:
+    """The header of an open .safetensors file, checked against the file's size; ValueError when it lies."""
+    head = fh.read(8)
+    if len(head) < 8:
+        raise ValueError("too short to be a safetensors file")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > min(_MAX_HEADER, size - 8):
+        raise ValueError(f"header claims {header_len} bytes, more than the file holds or the format allows")
+    try:
+        header = json.loads(fh.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    data_size = size - 8 - header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (isinstance(info, dict) and info.get("dtype") in _ST_DTYPE_SIZE
+              and isinstance(info.get("shape"), list) and all(type(d) is int and d >= 0 for d in info["shape"])
+              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+              and all(type(o) is int for o in info["data_offsets"]))
+        if not ok:
+            raise ValueError(f"tensor {name}: malformed header entry")
+        begin, end = info["data_offsets"]
+        count = 1
+        for d in info["shape"]:
+            count *= d
+        if not 0 <= begin <= end <= data_size or end - begin != count * _ST_DTYPE_SIZE[info["dtype"]]:
+            raise ValueError(f"tensor {name}: its data lies outside the file (truncated?) or does not match "
+                             f"its shape {info['shape']}")
+    return header, 8 + header_len
+
+
 def safetensors_fingerprint(files: Iterable[Path]) -> str:
-    """sha256 over every tensor of one or more .safetensors files, independent of sharding."""
+    """sha256 over every tensor of one or more .safetensors files, independent of sharding.
+
+    Each file's header is checked against the file first (offsets inside it, sizes matching shapes), so a
+    truncated or lying file is a ValueError naming it rather than a crash or a huge allocation later."""
     records: dict[str, bytes] = {}
     for path in files:
+        size = path.stat().st_size
         with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(header_len))
-            base = 8 + header_len
+            try:
+                header, base = _read_safetensors_header(fh, size)
+            except ValueError as exc:
+                raise ValueError(f"{path.name}: {exc}") from None
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
@@ -39,7 +87,7 @@ def safetensors_fingerprint(files: Iterable[Path]) -> str:
                 while remaining > 0:
                     chunk = fh.read(min(_CHUNK, remaining))
                     if not chunk:
-                        raise ValueError(f"{path}: truncated tensor {name}")
+                        raise ValueError(f"{path.name}: truncated tensor {name}")
                     digest.update(chunk)
                     remaining -= len(chunk)
                 records[name] = _tensor_record(name, info["dtype"], info["shape"], digest.hexdigest())
@@ -98,5 +146,45 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def combine(weights: str, tokenizer: str) -> str:
-    return hashlib.sha256(f"weights:{weights};tokenizer:{tokenizer}".encode()).hexdigest()
+# Files beside the weights that change what the model computes or how it is prompted. The tokenizer's own
+# vocabulary and rules are covered by tokenizer_fingerprint.
+CONFIG_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+)
+# Keys that record who wrote a file, or how it was loaded when it was saved again, not what the model does.
+_VOLATILE_CONFIG_KEYS = frozenset({
+    "transformers_version", "_name_or_path", "name_or_path", "_commit_hash", "local_files_only",
+    "trust_remote_code", "cache_dir", "revision", "token", "use_auth_token", "force_download", "_from_pipeline",
+})
+
+
+def config_fingerprint(directory: Path) -> str:
+    """sha256 over the canonical form of every configuration file present in a checkpoint directory."""
+    total = hashlib.sha256()
+    for name in CONFIG_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        raw = path.read_bytes()
+        if name.endswith(".json"):
+            try:
+                data = json.loads(raw.decode("utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{name}: not valid JSON ({exc})") from None
+            if isinstance(data, dict):
+                data = {k: v for k, v in data.items() if k not in _VOLATILE_CONFIG_KEYS}
+            raw = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+        total.update(json.dumps([name, hashlib.sha256(raw).hexdigest()]).encode())
+    return total.hexdigest()
+
+
+def combine(weights: str, tokenizer: str, config: str = "") -> str:
+    """The model's identity: weights, tokenizer and (when known separately from the weights) configuration."""
+    text = f"weights:{weights};tokenizer:{tokenizer}" + (f";config:{config}" if config else "")
+    return hashlib.sha256(text.encode()).hexdigest()

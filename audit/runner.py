@@ -259,6 +259,20 @@ def run_audit(
             "whether an independent model of this class would look as teacher-like; use at least 2, better 4 or more."
         )
 
+    # opened before any model loads, so an unusable cache directory fails in a second, not after the loads
+    cache = InferenceCache(spec.cache_dir / CACHE_FILE if spec.cache_dir else None)
+    try:
+        return _audit_with_cache(spec, cache, detectors, transcript_teacher, probe_set, logged, fresh_file,
+                                 watermark, warnings, started, created_at, progress, command, loader)
+    finally:
+        cache.close()
+
+
+def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[Detector],
+                      transcript_teacher: ModelAdapter | None, probe_set: ProbeSet,
+                      logged: tuple[LoggedOutput, ...] | None, fresh_file: tuple[LoggedOutput, ...] | None,
+                      watermark: WatermarkInputs | None, warnings: list[str], started: float, created_at: str,
+                      progress: bool | None, command: Sequence[str], loader: Loader) -> dict[str, Any]:
     t_load = time.perf_counter()
     teacher_adapter = transcript_teacher or connect(spec.teacher, spec, "teacher", loader)
     teacher = ModelHandle("teacher", "teacher", restrict(teacher_adapter, spec.teacher_access))
@@ -277,10 +291,10 @@ def run_audit(
     if teacher.adapter.fingerprint["model"] == student.adapter.fingerprint["model"]:
         warnings.append("The teacher and the student are the same model (identical fingerprints).")
 
-    cache = InferenceCache(spec.cache_dir / CACHE_FILE if spec.cache_dir else None)
     devices = [str(getattr(h.adapter, "runtime", {}).get("device", "cpu")) for h in (teacher, student, *references)]
     token_budget = spec.token_budget or default_token_budget(devices)
-    engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress)
+    engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress,
+                    remote_max_age=spec.api_cache_ttl)
     detector_seconds: dict[str, float] = {}
     controls: list[dict[str, Any]] = []
     observations: dict[str, Any] = {}
@@ -312,7 +326,6 @@ def run_audit(
         if spec.teacher_names or chat:
             observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
     finally:
-        cache.close()
         for h in (teacher, student, *references):
             close = getattr(getattr(h.adapter, "inner", h.adapter), "close", None)
             if callable(close):

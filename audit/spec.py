@@ -43,6 +43,9 @@ class AuditSpec:
     token_budget: int | None = None  # None: chosen for the device (see engine.default_token_budget)
     score_top_k: int = 10
     cache_dir: Path | None = None  # None: no on-disk cache
+    # seconds a cached answer from a model behind an API is trusted before it is asked again (0: ask again
+    # now, --refresh); None: for ever. Local models are content-addressed, so never go stale.
+    api_cache_ttl: float | None = 7 * 24 * 3600.0
     teacher_logs: Path | None = None  # JSONL of logged teacher outputs (prompt, completion)
     teacher_fresh: Path | None = None  # JSONL of fresh teacher outputs for the same prompts; None: sample them
     fresh_temperature: float = 1.0  # sampling temperature for fresh outputs made here (match the logs')
@@ -84,5 +87,5 @@ class AuditSpec:
             "teacher_access": self.teacher_access,
             "combination": self.combination,
             "negative_controls": self.negative_controls,
-            **({"http": self.http.to_dict()} if self.remote else {}),
+            **({"http": self.http.to_dict(), "api_cache_ttl": self.api_cache_ttl} if self.remote else {}),
         }

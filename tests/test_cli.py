@@ -104,7 +104,7 @@ def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str
         if db.exists():
             try:
                 with sqlite3.connect(db, timeout=1) as conn:
-                    rows = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+                    rows = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
             except sqlite3.OperationalError:
                 rows = 0
             if rows >= 150:  # teacher generations done and some scoring committed

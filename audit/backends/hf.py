@@ -10,9 +10,10 @@ import hashlib
 import inspect
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -116,6 +117,31 @@ def _weights_files(directory: Path, allow_pickle: bool, origin: str) -> tuple[li
     raise ModelLoadError(f"{origin}: no weights found (*.safetensors or, with --allow-pickle, *.bin)")
 
 
+def _weights_hash(files: list[Path], is_pickle: bool, is_gguf: bool, origin: str) -> str:
+    """The weights' content hash; for pickles a placeholder, replaced once the weights are loaded."""
+    if is_pickle:
+        return ""
+    try:
+        return fp.file_fingerprint(files[0]) if is_gguf else fp.safetensors_fingerprint(files)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{origin}: damaged weights file: {_first_line(exc)}") from None
+
+
+def _check_complete(info: Mapping[str, Any], origin: str) -> None:
+    """Refuse a model whose checkpoint does not fill it: a missing weight would be randomly initialised and
+    an unexpected one means the config describes another model. Weights tied to others are not reported
+    missing by the loader, so they pass."""
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(n if isinstance(n, str) else n[0]) for n in info.get(key) or ())
+        if names:
+            problems.append(f"{len(names)} weight(s) {what} (e.g. {names[0]})")
+    if problems:
+        raise ModelLoadError(f"{origin}: the checkpoint does not match its config: {'; '.join(problems)}; "
+                             "an incomplete model would be audited with random weights, so it is refused")
+
+
 def _check_causal_lm(config: Any, origin: str) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -168,7 +194,7 @@ class HFAdapter:
                 raise ModelLoadError(f"{spec}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
         try:
             config = AutoConfig.from_pretrained(source.directory, **common)
-        except ValueError as exc:
+        except Exception as exc:  # OSError for bad JSON, ValueError, KeyError for an unknown model type, ...
             if "trust_remote_code" in str(exc) and not options.trust_remote_code:
                 raise ModelLoadError(
                     f"{spec}: the checkpoint ships its own model code, which is not run by default; "
@@ -180,15 +206,25 @@ class HFAdapter:
             tokenizer = AutoTokenizer.from_pretrained(source.directory, **common)
         except Exception as exc:
             raise ModelLoadError(f"{spec}: cannot load the tokenizer: {_first_line(exc)}") from exc
-        load_kwargs: dict[str, Any] = dict(common, dtype=dtype)
+        # Weights are hashed (and a safetensors header checked against its file) before anything is loaded,
+        # so a truncated or lying file is refused with one line instead of crashing the loader.
+        weights_hash = _weights_hash(weight_files, is_pickle, source.gguf_file is not None, spec)
+        load_kwargs: dict[str, Any] = dict(common, dtype=dtype, output_loading_info=True)
         if source.gguf_file is None:
             load_kwargs["use_safetensors"] = not is_pickle
         if options.device_map:
             load_kwargs["device_map"] = options.device_map
         try:
-            model = AutoModelForCausalLM.from_pretrained(source.directory, **load_kwargs)
-        except (OSError, ValueError, RuntimeError) as exc:
+            model, info = AutoModelForCausalLM.from_pretrained(source.directory, **load_kwargs)
+        except Exception as exc:  # any failure inside the loader is a checkpoint the user must fix
+            if isinstance(exc, ModelLoadError):
+                raise
+            if isinstance(exc, pickle.UnpicklingError):
+                raise ModelLoadError(f"{spec}: the pickle checkpoint holds more than plain tensors, which torch's "
+                                     "safe loader (weights_only) refuses to run; convert it to safetensors where you "
+                                     "trust it") from exc
             raise ModelLoadError(f"{spec}: cannot load the model: {_first_line(exc)}") from exc
+        _check_complete(info, spec)
         if not options.device_map:
             model.to(device)  # type: ignore[arg-type]
         model.eval()
@@ -197,17 +233,23 @@ class HFAdapter:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
         if is_pickle:
             weights_hash = fp.state_dict_fingerprint(model.state_dict())
-        elif source.gguf_file is not None:
-            weights_hash = fp.file_fingerprint(weight_files[0])
-        else:
-            weights_hash = fp.safetensors_fingerprint(weight_files)
         tokenizer_hash = fp.tokenizer_fingerprint(tokenizer)
+        # a GGUF file holds its own configuration, so its file hash covers it
+        try:
+            config_hash = "" if source.gguf_file is not None else fp.config_fingerprint(source.directory)
+        except ValueError as exc:
+            raise ModelLoadError(f"{spec}: {exc}") from None
         fingerprint = {
-            "model": fp.combine(weights_hash, tokenizer_hash),
+            "model": fp.combine(weights_hash, tokenizer_hash, config_hash),
             "weights": weights_hash,
             "tokenizer": tokenizer_hash,
             "format": "gguf" if source.gguf_file else ("pickle" if is_pickle else "safetensors"),
+            # the same model in another dtype or on another kind of device gives other numbers: cached
+            # answers are kept apart by this too (it is not part of the model's identity)
+            "numerics": f"{str(model.dtype).replace('torch.', '')}/{torch.device(device).type}",
         }
+        if config_hash:
+            fingerprint["config"] = config_hash
         log.info("loaded %s (%s, %s, %s)", spec, type(model).__name__, device, dtype)
         return cls(model, tokenizer, name or spec, fingerprint, device if not options.device_map else "auto")
 

@@ -1,0 +1,101 @@
+"""The output directory of an audit: checked before any model loads, written all at once at the end.
+
+An audit can run for an hour; finding at its end that ``--out`` cannot be written wastes it, and writing
+``result.json`` but failing on ``report.html`` leaves a result without its report (or, worse, a new
+result beside an old report). So the directory is proved writable first (by writing and removing a
+file in it), and the files are staged as temporary files beside their targets and renamed into place
+only when every one of them is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from audit.errors import UsageError
+
+
+def check_output_dir(out: Path, flag: str = "--out") -> Path:
+    """``out`` if it is (or can be made) a writable directory; else one clear UsageError. Leaves nothing
+    behind: a directory made for the check is removed again."""
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"{flag} {out}: is a symbolic link to {os.readlink(out)}, which does not exist")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out}: exists and is not a directory")
+    made: list[Path] = []
+    try:
+        for parent in reversed([out, *out.parents]):
+            if parent.is_symlink() and not parent.exists():
+                raise UsageError(f"{flag} {out}: {parent} is a symbolic link to a path that does not exist")
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+            elif not parent.is_dir():
+                raise UsageError(f"{flag} {out}: {parent} is not a directory")
+        fd, probe = tempfile.mkstemp(prefix=".distill-audit-write-check.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{flag} {out}: cannot write there ({exc.strerror or exc})") from None
+    finally:
+        for path in reversed(made):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_together(files: Mapping[Path, str]) -> None:
+    """Write every file whole, or none of them: each goes to a temporary file beside its target (flushed to
+    disk); only then are they renamed into place, and a failed rename puts back what the earlier ones
+    replaced. Files get the mode a plain ``open`` would give them under the umask."""
+    mode = 0o666 & ~_umask()
+    staged: list[tuple[str, Path]] = []
+    moved: list[tuple[Path, str | None]] = []  # target, and where its previous version was put aside
+    try:
+        for path, text in files.items():
+            if path.is_dir():
+                raise IsADirectoryError(21, "a directory is in the way", str(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fchmod(fh.fileno(), mode)
+                os.fsync(fh.fileno())
+        for tmp, path in staged:
+            backup = None
+            if path.exists():
+                backup = f"{tmp}.previous"
+                try:  # the old version stays reachable until every new file is in place
+                    os.link(path, backup)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(path, backup)
+            moved.append((path, backup))
+            os.replace(tmp, path)
+    except BaseException:
+        for path, backup in reversed(moved):
+            try:
+                if backup is not None:
+                    os.replace(backup, path)
+                elif path.exists():
+                    path.unlink()
+            except OSError:
+                pass
+        raise
+    finally:
+        for tmp, _ in staged:
+            for leftover in (tmp, f"{tmp}.previous"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
