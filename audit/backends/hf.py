@@ -215,7 +215,8 @@ class HFAdapter:
         if options.device_map:
             load_kwargs["device_map"] = options.device_map
         try:
-            model, info = AutoModelForCausalLM.from_pretrained(source.directory, **load_kwargs)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(source.directory, **load_kwargs)
+            model, info = loaded
         except Exception as exc:  # any failure inside the loader is a checkpoint the user must fix
             if isinstance(exc, ModelLoadError):
                 raise
@@ -226,7 +227,7 @@ class HFAdapter:
             raise ModelLoadError(f"{spec}: cannot load the model: {_first_line(exc)}") from exc
         _check_complete(info, spec)
         if not options.device_map:
-            model.to(device)  # type: ignore[arg-type]
+            model.to(device)
         model.eval()
         if tokenizer.pad_token_id is None:
             # Padding positions are masked out, so any id works; eos is the usual choice.
