@@ -45,7 +45,7 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> P
     return _save_untrained(tokenizer_dir, tmp_path_factory.mktemp("gpt2"), "gpt2", seed=1)
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path | None = None, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
     """Run the installed command line for real, as a user would."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
