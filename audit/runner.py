@@ -19,7 +19,7 @@ from audit.backends.restrict import ACCESS_MODES, restrict
 from audit.cache import InferenceCache
 from audit.engine import Engine, default_token_budget
 from audit.errors import CapabilityError, UsageError
-from audit.logs import LoggedOutput, load_outputs, pair_outputs
+from audit.logs import LoggedOutput, LogPairs, distinct_outputs, load_outputs, pair_outputs
 from audit.probes import ProbeSet, load_probe_set, prompts_hash
 from audit.result import SCHEMA_VERSION
 from audit.spec import AuditSpec, ModelSource, TranscriptSource, describe_source
@@ -57,8 +57,24 @@ def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _l
 
 
 def _transcript_probes(adapter: ModelAdapter, path: str) -> ProbeSet:
+    """The transcript's distinct prompts (its later entries for a prompt already asked count as repeats)."""
     prompts = tuple(adapter.prompts)  # type: ignore[attr-defined]
-    return ProbeSet("transcript", "file", path, prompts, prompts_hash(prompts), len(prompts))
+    repeats = int(getattr(adapter, "duplicate_prompts", 0))
+    return ProbeSet("transcript", "file", path, prompts, prompts_hash(prompts), len(prompts), repeats)
+
+
+def duplicate_warnings(probe_set: ProbeSet, pairs: LogPairs | None) -> list[str]:
+    """Say in the result how much repeated input was counted once (repeats are not new evidence)."""
+    out = []
+    if probe_set.n_duplicates:
+        out.append(f"{probe_set.n_duplicates} repeated probe(s) were dropped: identical prompts are one unit of "
+                   f"evidence, so the tests use the {probe_set.n_total} distinct ones.")
+    if pairs is not None:
+        for side, count in (("logged", pairs.logged_duplicates_dropped), ("fresh", pairs.fresh_duplicates_dropped)):
+            if count:
+                out.append(f"{count} repeated {side} answer(s) (same prompt and same answer as an earlier line) "
+                           "were dropped from the membership test: a repeat is not new evidence.")
+    return out
 
 
 def select_detectors(names: Sequence[str], spec: AuditSpec | None = None) -> list[Detector]:
@@ -128,6 +144,7 @@ def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: E
     if Capability.GENERATE not in teacher.adapter.capabilities or not getattr(teacher.adapter, "live", True):
         raise CapabilityError("fresh teacher answers cannot be drawn here (the teacher is a transcript, or cannot "
                               "generate), so give them with --teacher-fresh")
+    logged = distinct_outputs(logged)[0]  # a repeated line would only get a fresh answer nobody pairs with it
     full = teacher.adapter.count_tokens([o.prompt + o.completion for o in logged])
     prompt_only = teacher.adapter.count_tokens([o.prompt for o in logged])
     seen: dict[str, int] = defaultdict(int)
@@ -307,9 +324,12 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
                 fresh = sample_fresh(teacher, logged, engine, spec.seed, spec.fresh_temperature)
                 pairs = pair_outputs(logged, fresh, f"sampled from the teacher here (temperature "
                                      f"{spec.fresh_temperature:g}, seed {spec.seed}, logged lengths)")
+            warnings.extend(duplicate_warnings(probe_set, pairs))
             if pairs.unpaired_logged:
                 warnings.append(f"{pairs.unpaired_logged} logged output(s) have no fresh output for the same prompt "
                                 "and were left out of the membership test.")
+        if pairs is None:
+            warnings.extend(duplicate_warnings(probe_set, None))
         ctx = DetectorContext(teacher, student, references, probe_set.prompts, spec.seed, engine, pairs,
                               watermark=watermark)
         evidence, skipped = _run_detectors(detectors, ctx, detector_seconds)

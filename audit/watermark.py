@@ -52,7 +52,7 @@ import numpy as np
 
 from audit import fingerprint as fp
 from audit.errors import UsageError
-from audit.logs import LoggedOutput, outputs_hash
+from audit.logs import BadJSON, LoggedOutput, outputs_hash, parse_json, shown
 
 log = logging.getLogger(__name__)
 
@@ -142,30 +142,63 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "version": (int,), "secret": (str,), "gamma": (int, float), "delta": (int, float),
     "context_width": (int,), "vocab_size": (int,), "tokenizer_sha256": (str,),
 }
+MAX_VOCAB_SIZE = 1 << 24  # far above any tokenizer (the largest have about 256K entries); a green list is this long
 
 
 def read_key(path: Path | str, flag: str = "--key-file") -> WatermarkKey:
     """Read and check a key file; every problem is one line naming the file, never showing the secret."""
     path = Path(path)
-    where = f"{flag} {path}"
-    if not path.exists():
-        raise UsageError(f"{where}: no such file")
-    if path.is_dir():
-        raise UsageError(f"{where}: is a directory, expected a watermark key file")
+    where = f"{flag} {shown(path)}"
+    raw, mode = _key_bytes(path, where)
+    data = _key_object(raw, where)
+    _check_key_fields(data, where)
+    if os.name == "posix" and mode & 0o077:
+        log.warning("%s: the key file is readable by other users; make it private (chmod 600)", where)
+    return WatermarkKey(secret=bytes.fromhex(data["secret"]), vocab_size=data["vocab_size"],
+                        tokenizer_sha256=data["tokenizer_sha256"], gamma=float(data["gamma"]),
+                        delta=float(data["delta"]), context_width=data["context_width"], version=data["version"])
+
+
+def _key_bytes(path: Path, where: str) -> tuple[bytes, int]:
+    """The file's bytes (at most one more than a key file may hold, whatever the file is) and its mode."""
     try:
-        size = path.stat().st_size
-        if size > MAX_KEY_FILE_BYTES:  # a model or data file given by mistake: do not read it all
-            raise UsageError(f"{where}: not a watermark key file ({size} bytes; a key file is under 1 KB)")
-        raw = path.read_bytes()
+        if path.is_dir():
+            raise UsageError(f"{where}: is a directory, expected a watermark key file")
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            raw = fh.read(MAX_KEY_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{where}: is a directory, expected a watermark key file") from None
     except OSError as exc:
-        raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
+        raise UsageError(f"{where}: cannot read: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_KEY_FILE_BYTES:  # a model or data file given by mistake: do not read it all
+        raise UsageError(f"{where}: not a watermark key file (over {MAX_KEY_FILE_BYTES} bytes; a key file is under 1 KB)")
+    return raw, mode
+
+
+def _key_object(raw: bytes, where: str) -> dict[str, Any]:
+    """The key file's JSON object (a leading byte-order mark allowed), or one error line."""
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = parse_json(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, BadJSON):
         raise UsageError(f"{where}: not a watermark key file (not JSON); "
                          "make one with `distill-audit watermark keygen`") from None
     if not isinstance(data, dict):
         raise UsageError(f"{where}: not a watermark key file (expected a JSON object)")
+    return data
+
+
+def _as_float(value: int | float) -> float:
+    """A JSON number as a float; an integer beyond float's range is infinite (and so refused by the checks)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _check_key_fields(data: dict[str, Any], where: str) -> None:
     missing = [name for name in _FIELDS if name not in data]
     if missing:
         raise UsageError(f"{where}: not a complete watermark key file (missing field {', '.join(repr(m) for m in missing)})")
@@ -174,21 +207,18 @@ def read_key(path: Path | str, flag: str = "--key-file") -> WatermarkKey:
             kind = "a string" if types == (str,) else "a whole number" if types == (int,) else "a number"
             raise UsageError(f"{where}: field {name!r} must be {kind}")
     if data["version"] != KEY_VERSION:
-        raise UsageError(f"{where}: key file version {data['version']}; this distill-audit reads version {KEY_VERSION}")
+        shown_version = data["version"] if abs(data["version"]) < 10**6 else "(out of range)"
+        raise UsageError(f"{where}: key file version {shown_version}; this distill-audit reads version {KEY_VERSION}")
     secret_hex = data["secret"]
     if len(secret_hex) != 2 * SECRET_BYTES or any(c not in "0123456789abcdefABCDEF" for c in secret_hex):
         raise UsageError(f"{where}: field 'secret' must be {2 * SECRET_BYTES} hexadecimal digits")
-    _check_settings(data["gamma"], data["delta"], data["context_width"], f"{where}: ")
-    if data["vocab_size"] < 2:
-        raise UsageError(f"{where}: field 'vocab_size' must be at least 2, got {data['vocab_size']}")
+    _check_settings(_as_float(data["gamma"]), _as_float(data["delta"]), data["context_width"], f"{where}: ")
+    if not 2 <= data["vocab_size"] <= MAX_VOCAB_SIZE:
+        shown_size = data["vocab_size"] if abs(data["vocab_size"]) < 10**12 else "(out of range)"
+        raise UsageError(f"{where}: field 'vocab_size' must be from 2 to {MAX_VOCAB_SIZE}, got {shown_size}")
     sha = data["tokenizer_sha256"]
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise UsageError(f"{where}: field 'tokenizer_sha256' must be a sha256 (64 lower-case hexadecimal digits)")
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        log.warning("%s: the key file is readable by other users; make it private (chmod 600)", where)
-    return WatermarkKey(secret=bytes.fromhex(secret_hex), vocab_size=data["vocab_size"], tokenizer_sha256=sha,
-                        gamma=float(data["gamma"]), delta=float(data["delta"]),
-                        context_width=data["context_width"], version=data["version"])
 
 
 # -- the green list ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from audit.backends.base import Capability, ModelAdapter, ScoredText
-from detectors.base import Detector, DetectorContext, Evidence
+from detectors.base import Detector, DetectorContext, DetectorSkipped, Evidence
 from detectors.panel import panel_evidence, suspects
 
 # -- weight lineage --------------------------------------------------------------------------------------
@@ -181,6 +181,7 @@ def _weights(adapter: ModelAdapter) -> list[np.ndarray]:
 class CKAParams:
     max_layers: int = 8  # layers per model (evenly spaced, embeddings excluded)
     min_words: int = 4  # texts with fewer words give no per-text CKA
+    min_texts: int = 2  # fewer usable texts than this: no spread across texts to test against, so no test
     margin: float = 0.05  # CKA excess over the closest reference counted as distillation
 
 
@@ -222,12 +223,19 @@ def cka_profile(model: Sequence[np.ndarray], teacher: Sequence[np.ndarray],
 
     Returns the layer-by-layer CKA grid over all kept texts' words, the model's most similar layer pair
     (chosen by the same rule for every model, so the student stays exchangeable with the references), and
-    per-text CKA at that pair (NaN for texts not kept)."""
+    per-text CKA at that pair (NaN for texts not kept).
+
+    Raises :class:`DetectorSkipped` when no layer pair has a CKA at all (no texts kept, or hidden states that
+    do not vary over the words): there is nothing to compare."""
+    if not keep:
+        raise DetectorSkipped("no probe text is long enough to compare hidden states over its words")
     rows_m = np.concatenate([model[k] for k in keep], axis=1)
     rows_t = np.concatenate([teacher[k] for k in keep], axis=1)
     grid = np.array([[linear_cka(rows_m[a], rows_t[b]) for b in range(rows_t.shape[0])]
                      for a in range(rows_m.shape[0])])
-    a, b = (int(i) for i in np.unravel_index(np.nanargmax(grid), grid.shape))
+    if not np.isfinite(grid).any():
+        raise DetectorSkipped("the hidden states do not vary over the probe words, so their CKA is undefined")
+    a, b = (int(i) for i in np.unravel_index(np.nanargmax(np.where(np.isfinite(grid), grid, np.nan)), grid.shape))
     per_text = np.full(len(model), np.nan)
     for k in keep:
         per_text[k] = linear_cka(model[k][a], teacher[k][b])
@@ -262,6 +270,11 @@ class RepresentationSimilarity(Detector):
         texts = list(ctx.prompts)
         spans = [word_spans(t) for t in texts]
         keep = [k for k, s in enumerate(spans) if len(s) >= p.min_words]
+        if len(keep) < p.min_texts:
+            raise DetectorSkipped(
+                f"only {len(keep)} of {len(texts)} probe texts have at least {p.min_words} words (whitespace-separated); "
+                f"per-text CKA needs at least {p.min_texts} such texts: use longer probes"
+            )
         t_layers = _layers(ctx.teacher.adapter, p.max_layers)
         teacher = self._vectors(ctx, ctx.teacher, texts, spans, t_layers)
         values: dict[str, np.ndarray] = {}
@@ -273,6 +286,13 @@ class RepresentationSimilarity(Detector):
                                 "cka": [[round(float(v), 4) for v in row] for row in grid],
                                 "best": [m_layers[a], t_layers[b]], "best_cka": round(float(grid[a, b]), 4)}
 
+        usable = int(np.logical_and.reduce([np.isfinite(v) for v in values.values()]).sum())
+        if usable < p.min_texts:
+            raise DetectorSkipped(
+                f"only {usable} probe text(s) have a defined CKA to the teacher for every model (hidden states that "
+                f"vary over the text's words); the panel test needs at least {p.min_texts}"
+            )
+
         def examples(student: np.ndarray, closest: np.ndarray, closest_name: str) -> list[dict[str, Any]]:
             gap = np.where(np.isfinite(student - closest), student - closest, -np.inf)
             order = [int(k) for k in np.argsort(-gap, kind="stable")[:3] if np.isfinite(gap[k])]
@@ -281,7 +301,7 @@ class RepresentationSimilarity(Detector):
 
         evidence = panel_evidence(
             self.name, ctx, values, null=self.null, statistic="per-text CKA to the teacher (each model at its "
-            "most similar layer pair)", margin=p.margin, details={"heatmaps": heatmaps, "texts_used": len(keep)},
+            "most similar layer pair)", margin=p.margin, details={"heatmaps": heatmaps, "texts_used": usable},
             examples=examples,
         )
         return _one_sided(evidence)

@@ -372,3 +372,44 @@ def test_written_files_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
+# -- evidence counted once ----------------------------------------------------------------------------------
+
+def test_repeated_probes_are_one_unit_of_evidence_end_to_end(tmp_path: Path, tokenizer_dir: Path, llama_dir: Path,
+                                                            gpt2_dir: Path) -> None:
+    from tests.conftest import _save_untrained
+
+    refs = [str(_save_untrained(tokenizer_dir, tmp_path / f"ref-{i}", "llama", seed=10 + i)) for i in range(2)]
+    prompts = [f"Runo lee dau neni {'kise ' * i}".strip() for i in range(12)]
+    results = {}
+    for name, repeat in (("once", 1), ("repeated", 30)):
+        probes = tmp_path / f"{name}.txt"
+        probes.write_text("\n".join(prompts * repeat) + "\n")
+        out = tmp_path / name
+        args = ["run", "--teacher", str(llama_dir), "--student", str(gpt2_dir), "--reference", refs[0],
+                "--reference", refs[1], "--probes", str(probes), "--detector", "text-word-agreement",
+                "--detector", "js-divergence", "--no-negative-controls", "--cache-dir", str(tmp_path / "cache"),
+                "--out", str(out)]
+        proc = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert proc.exit_code == 0, proc.stderr
+        results[name] = json.loads((out / "result.json").read_text())
+    once, repeated = results["once"], results["repeated"]
+    assert repeated["probe_sets"][0]["n"] == 12 and repeated["probe_sets"][0]["n_duplicates"] == 12 * 29
+    assert [e["n"] for e in repeated["evidence"]] == [e["n"] for e in once["evidence"]]
+    assert [e["p_value"] for e in repeated["evidence"]] == [e["p_value"] for e in once["evidence"]]
+    assert any("348 repeated probe(s) were dropped" in w for w in repeated["verdict"]["warnings"])
+    assert not any("repeated probe" in w for w in once["verdict"]["warnings"])
+
+
+def test_repeated_logged_answers_are_named_in_the_warnings() -> None:
+    from audit.logs import LoggedOutput, pair_outputs
+    from audit.probes import ProbeSet
+    from audit.runner import duplicate_warnings
+
+    logged = [LoggedOutput("p", "same answer", 1)] * 5 + [LoggedOutput("p", "another answer", 6)]
+    fresh = [LoggedOutput("p", f"fresh {i}", i) for i in range(2)]
+    pairs = pair_outputs(logged, fresh, "fresh.jsonl")
+    warnings = duplicate_warnings(ProbeSet.from_prompts("x", "file", "x", ["a", "b"]), pairs)
+    assert len(warnings) == 1 and warnings[0].startswith("4 repeated logged answer(s)")
+    assert pairs.to_dict()["pairs"] == 2

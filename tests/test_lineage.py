@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 
 from audit import synthetic
 from audit.backends.hf import HFAdapter
-from detectors.lineage import linear_cka, weight_lineage_test, word_spans, word_vectors
+from audit.cache import InferenceCache
+from audit.engine import Engine
+from detectors.base import DetectorContext, DetectorSkipped, ModelHandle
+from detectors.lineage import RepresentationSimilarity, linear_cka, weight_lineage_test, word_spans, word_vectors
 from tests.conftest import cli
 
 # -- the permutation test on simulated weights -----------------------------------------------------------
@@ -198,3 +201,65 @@ def test_representation_similarity_keeps_its_level_and_has_power_in_simulation()
     assert float(np.mean(null <= alpha)) <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
     alt = np.array([_cka_trial(rng, True) for _ in range(40)])
     assert float(np.mean(alt <= alpha)) >= 0.8
+
+
+# -- when the probes cannot support the test ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_panel(llama_dir: Path, gpt2_dir: Path) -> Callable[[tuple[str, ...]], DetectorContext]:
+    """Real tiny checkpoints in every seat (a Llama and a GPT-2, each in two seats)."""
+    models = {name: HFAdapter.load(str(path), name=name) for name, path in
+              [("teacher", llama_dir), ("student", gpt2_dir), ("reference-1", llama_dir), ("reference-2", gpt2_dir)]}
+    handles = {name: ModelHandle(name.split("-")[0], name, adapter) for name, adapter in models.items()}
+
+    def context(prompts: tuple[str, ...]) -> DetectorContext:
+        return DetectorContext(handles["teacher"], handles["student"], (handles["reference-1"], handles["reference-2"]),
+                               prompts, 0, Engine(InferenceCache(None), progress=False))
+
+    return context
+
+
+@pytest.mark.parametrize(("prompts", "reason"), [
+    (("the cat sat",), "only 0 of 1 probe texts have at least 4 words"),
+    (("the cat sat", "a dog ran", "Kise peru"), "only 0 of 3 probe texts have at least 4 words"),
+    (("Kise peru suni roso ria", "the cat sat"), "only 1 of 2 probe texts have at least 4 words"),
+])
+def test_probes_too_short_to_pool_into_words_skip_with_the_reason(tiny_panel: Any, prompts: tuple[str, ...],
+                                                                   reason: str) -> None:
+    with pytest.raises(DetectorSkipped) as info:
+        RepresentationSimilarity().run(tiny_panel(prompts))
+    assert reason in info.value.reason and "use longer probes" in info.value.reason
+
+
+def test_two_texts_of_four_words_are_enough(tiny_panel: Any) -> None:
+    prompts = ("Kise peru suni roso ria", "the cat sat", "Vunu tea loa lile dani")
+    evidence = RepresentationSimilarity().run(tiny_panel(prompts))
+    assert evidence.n == 2 and evidence.details["texts_used"] == 2 and 0 <= evidence.p_value <= 1
+    per_prompt = evidence.details["per_prompt"]["student"]
+    assert per_prompt[1] is None and per_prompt[0] is not None  # the short text has no per-text CKA
+
+
+def test_words_that_do_not_vary_within_a_text_skip(tiny_panel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every word of a text pooled to one vector: CKA across texts exists, per text it does not."""
+    import detectors.lineage as lineage
+
+    def same_vector_per_text(hidden: np.ndarray, scored: Any, spans: Any) -> np.ndarray:
+        pooled = hidden.mean(axis=1, keepdims=True).astype(np.float64)
+        return np.repeat(pooled, len(spans), axis=1)
+
+    monkeypatch.setattr(lineage, "word_vectors", same_vector_per_text)
+    with pytest.raises(DetectorSkipped, match="only 0 probe text.s. have a defined CKA to the teacher for every model"):
+        RepresentationSimilarity().run(tiny_panel(("Kise peru suni roso ria", "Vunu tea loa lile dani")))
+
+
+def test_cka_profile_refuses_nothing_to_compare() -> None:
+    from detectors.lineage import cka_profile
+
+    rng = np.random.default_rng(6)
+    texts = [rng.standard_normal((2, 5, 4)) for _ in range(3)]
+    with pytest.raises(DetectorSkipped, match="no probe text is long enough"):
+        cka_profile(texts, texts, [])
+    flat = [np.ones((2, 5, 4)) for _ in range(3)]
+    with pytest.raises(DetectorSkipped, match="do not vary over the probe words"):
+        cka_profile(flat, texts, [0, 1, 2])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from audit.errors import UsageError
-from audit.logs import LoggedOutput, load_outputs, pair_outputs
+from audit.logs import LoggedOutput, distinct_outputs, load_outputs, pair_outputs
 
 
 def _write(path: Path, lines: list[object]) -> Path:
@@ -64,3 +65,66 @@ def test_a_line_separator_inside_a_json_string_does_not_split_the_line(tmp_path:
                     encoding="utf-8")
     (out,) = load_outputs(path, "--teacher-logs")
     assert out.completion == "a\u2028b\u2029c" and out.line == 1
+
+
+# -- one pair, one unit ----------------------------------------------------------------------------------------
+
+
+def test_a_repeated_line_is_one_unit_but_different_answers_to_one_prompt_are_kept() -> None:
+    logged = [LoggedOutput("p", "A"), LoggedOutput("p", "A"), LoggedOutput("p", "B"), LoggedOutput("q", "C"),
+              LoggedOutput("p", "A")]
+    fresh = [LoggedOutput("p", "x"), LoggedOutput("p", "x"), LoggedOutput("p", "y"), LoggedOutput("p", "z"),
+             LoggedOutput("q", "w")]
+    pairs = pair_outputs(logged, fresh, "fresh.jsonl")
+    assert [(a.completion, b.completion) for a, b in zip(pairs.logged, pairs.fresh)] == [("A", "x"), ("B", "y"), ("C", "w")]
+    assert (pairs.logged_duplicates_dropped, pairs.fresh_duplicates_dropped) == (2, 1)
+    assert (pairs.unpaired_logged, pairs.unpaired_fresh) == (0, 1)  # ("p", "z"): a third distinct fresh answer
+    record = pairs.to_dict()
+    assert (record["pairs"], record["logged_duplicates_dropped"], record["fresh_duplicates_dropped"]) == (3, 2, 1)
+
+
+def test_twelve_answers_logged_thirty_times_are_twelve_pairs() -> None:
+    logged = [LoggedOutput(f"prompt {i}", f" answer {i}") for _ in range(30) for i in range(12)]
+    fresh = [LoggedOutput(f"prompt {i}", f" fresh {i}.{k}") for k in range(30) for i in range(12)]
+    pairs = pair_outputs(logged, fresh, "sampled here")
+    assert len(pairs.logged) == 12 and pairs.logged_duplicates_dropped == 348
+    assert pairs.unpaired_fresh == 348 and pairs.fresh_duplicates_dropped == 0
+    assert distinct_outputs(logged) == (tuple(logged[:12]), 348)
+
+
+def test_loading_keeps_every_line_and_says_how_many_repeat(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lines: list[object] = [{"prompt": "a", "completion": "b"} for _ in range(3)]
+    lines.append({"prompt": "a", "completion": "c"})
+    path = _write(tmp_path / "l.jsonl", lines)
+    with caplog.at_level(logging.WARNING, logger="audit.logs"):
+        out = load_outputs(path, "--teacher-fresh")
+    assert [o.line for o in out] == [1, 2, 3, 4]
+    assert "--teacher-fresh" in caplog.text and "2 line(s) repeat an earlier line's prompt and completion" in caplog.text
+
+
+# -- faults at the door ------------------------------------------------------------------------------------------
+
+
+def test_a_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "a", "completion": "b"}\r\n\r\n{"prompt": "c", "completion": "d"}\r\n')
+    assert load_outputs(path, "--teacher-logs") == (LoggedOutput("a", "b", 1), LoggedOutput("c", "d", 3))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"prompt": "a", "completion": "b\\ud800"}',
+     ':1: "completion" is not valid Unicode (a lone surrogate U+D800 at character 1'),
+    ('{"prompt": 1, "x\\ny\\u2028": 2}', "keys: prompt, x\\ny\\u2028)"),
+    ("[" * 50_000, ":1: not valid JSON (nested too deeply)"),
+    ('{"prompt": ' + "1" * 5000 + "}", ":1: not valid JSON (a number with too many digits)"),
+])
+def test_hostile_lines_are_one_line_errors(tmp_path: Path, line: str, message: str) -> None:
+    path = _write(tmp_path / "l.jsonl", [line])
+    with pytest.raises(UsageError) as info:
+        load_outputs(path, "--teacher-logs")
+    assert message in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_unpaired_files_name_the_fresh_source() -> None:
+    with pytest.raises(UsageError, match=r"fresh teacher outputs \(fresh\.jsonl\) share no prompt"):
+        pair_outputs([LoggedOutput("a", "b")], [LoggedOutput("c", "d")], "fresh.jsonl")

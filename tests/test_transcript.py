@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -365,3 +366,61 @@ def test_fingerprint_is_the_content_and_the_model(tmp_path: Path, tokenizer_dir:
     assert with_tok["tokenizer"] == TokenMap.load(tokenizer_dir).fingerprint and with_tok["model"] != fp1["model"]
     assert TranscriptAdapter.load(a).model == "gpt-x"
     assert TranscriptAdapter.load(write(tmp_path / "d.jsonl", lines[0], dict(lines[1], model="gpt-y"))).model == "unknown"
+
+
+def test_a_prompt_logged_again_is_one_probe_and_the_repeats_are_counted(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "t.jsonl", {"prompt": "a", "completion": "first"}, {"prompt": "a", "completion": "first"},
+                 {"prompt": "b", "completion": "bee"}, {"prompt": "a", "completion": "other"})
+    with caplog.at_level(logging.WARNING, logger="audit.backends.transcript"):
+        adapter = TranscriptAdapter.load(path)
+    assert adapter.prompts == ["a", "b"] and adapter.duplicate_prompts == 2
+    assert adapter.runtime["duplicate_prompts"] == 2 and adapter.runtime["entries"] == 4
+    assert "2 entries repeat an earlier entry's prompt (1 with a different answer)" in caplog.text
+    assert "answered by its first entry" in caplog.text
+    (g,) = adapter.generate(["a"], GenerateParams(max_new_tokens=50))
+    assert g.text == "first"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="audit.backends.transcript"):
+        assert TranscriptAdapter.load(write(tmp_path / "u.jsonl", {"prompt": "a", "completion": "x"})).duplicate_prompts == 0
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ({"prompt": "p", "completion": "c", "logprobs": {"tokens": ["c"], "token_logprobs": [10**400]}},
+     "token_logprobs[0] is not a log-prob"),
+    ({"prompt": "p", "completion": "c", "logprobs": {"tokens": ["c"], "token_logprobs": [0.7]}},
+     "token_logprobs[0] is not a log-prob: above 0"),
+    ({"prompt": "p", "completion": "c", "logprobs": {"tokens": ["token_id:" + "9" * 30], "token_logprobs": [-1]}},
+     "logged token 0 ('token_id:99999"),
+    ({"prompt": "p", "completion": "c", "logprobs": {"tokens": ["token_id:\u00b2"], "token_logprobs": [-1]}},
+     "is not a token id"),
+    ({"prompt": "p\ud800", "completion": "c"}, "the prompt is not valid Unicode (a lone surrogate U+D800 at character 1"),
+    ({"prompt": "  ", "completion": "c"}, "the prompt is empty"),
+    ({"messages": [{"role": "user", "content": ""}], "response": "c"}, "the prompt is empty"),
+    ({"prompt\n": "p", "completion\u2028": "c"},
+     'needs "prompt" and "completion", or "messages" (keys: completion\\u2028, prompt\\n)'),
+])
+def test_hostile_values_are_named_on_one_line(tmp_path: Path, line: dict[str, Any], problem: str) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(line) + "\n", encoding="utf-8")  # ensure_ascii: a lone surrogate travels as an escape
+    with pytest.raises(UsageError) as info:
+        load_transcript(path)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "t.jsonl: 1 malformed line: line 1: " in message
+    assert problem in message, message
+
+
+def test_runaway_lines_are_malformed_lines_not_crashes(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.jsonl", {"prompt": "p", "completion": "c"}, "[" * 50_000, "7" * 5000)
+    with pytest.raises(UsageError) as info:
+        load_transcript(path)
+    message = str(info.value)
+    assert "line 2: not valid JSON (nested too deeply)" in message
+    assert "line 3: not valid JSON (a number with too many digits)" in message
+
+
+def test_a_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "p", "completion": "c"}\r\n{"prompt": "q", "completion": "d"}\r\n')
+    assert [(e.prompt, e.completion, e.line) for e in load_transcript(path)] == [("p", "c", 1), ("q", "d", 2)]

@@ -16,13 +16,18 @@ Accepted line shapes (other keys are ignored):
 
 For chat forms the prompt is the text of the last user message before the answer: system prompts and
 earlier turns are not part of it, so the student is probed with that message alone.
+
+A prompt logged several times is one probe, answered by its **first** logged entry; the later entries for
+it are not used (``duplicate_prompts`` counts them, and a log line says how many, and how many of those
+held a different answer).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,12 +35,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from audit.backends.base import Capability, GenerateParams, Generation, ScoredText
-from audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
+from audit.backends.remote import TOKEN_ID_PREFIX, UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
 from audit.errors import CapabilityError, UsageError
-from audit.logs import read_jsonl
+from audit.logs import BadJSON, jsonl_lines, key_list, lone_surrogate, parse_json, read_user_file, shown
+
+log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4  # the cut rule when neither logged tokens nor a tokenizer say where tokens end
 _MAX_REPORTED = 10  # malformed lines named in the one error; the rest are counted
+_MAX_LOGPROB = 1e-4  # a log-prob is at most 0; this much above it is rounding, more is not a log-prob
+_MAX_TOKEN_ID = 2**63 - 1  # a "token_id:N" string names an int64 id
+_MIN_FLOAT32 = float(np.finfo(np.float32).min)
 
 CUT_LOGGED = "the first max_new_tokens logged tokens"
 CUT_TOKENIZER = "the first max_new_tokens tokens of the answer under the teacher's tokenizer (--teacher-tokenizer)"
@@ -75,18 +85,29 @@ class _Bad(Exception):
 # -- parsing ----------------------------------------------------------------------------------------------
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 80, 80, 80
+
+
 def _short(value: Any, width: int = 40) -> str:
-    text = repr(value)
+    """A bounded, escaped repr of a value from the log (never its whole size or depth)."""
+    text = shown(_REPR.repr(value))
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _number(value: Any, where: str) -> float:
-    """A log-prob: a JSON number, or null for one the API did not give (kept as NaN)."""
+    """A log-prob: a JSON number at most 0 (-inf allowed), or null (or NaN) for one the API did not give (NaN)."""
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Bad(f"{where} is not a number ({_short(value)})")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Bad(f"{where} is not a log-prob ({_short(value)})") from None
+    if number > _MAX_LOGPROB:
+        raise _Bad(f"{where} is not a log-prob: above 0 ({_short(value)})")
+    return number if number >= _MIN_FLOAT32 else -math.inf  # answers hold float32: below its range is -inf
 
 
 def _sorted_top(pairs: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
@@ -230,7 +251,7 @@ def _response(resp: Any) -> tuple[str, _Logprobs | None, str | None]:
         if role != "assistant":
             raise _Bad(f'"response" is a message from {_short(role)}, not from the assistant')
         return _text(resp["content"], "assistant"), _logprobs(resp.get("logprobs")), _model(resp.get("model"), '"response"')
-    raise _Bad(f'"response" has neither "choices" nor "content" (keys: {", ".join(sorted(map(str, resp))) or "none"})')
+    raise _Bad(f'"response" has neither "choices" nor "content" (keys: {key_list(resp)})')
 
 
 def _last_user(messages: list[Any]) -> str:
@@ -269,11 +290,9 @@ def _parse_line(obj: Any, line: int) -> TranscriptEntry:
         elif "response" in obj:
             completion, lp, resp_model = _response(obj["response"])
         else:
-            raise _Bad(f'no "completion" or "response" (keys: {", ".join(sorted(map(str, obj))) or "none"})')
+            raise _Bad(f'no "completion" or "response" (keys: {key_list(obj)})')
     else:
-        raise _Bad(
-            f'needs "prompt" and "completion", or "messages" (keys: {", ".join(sorted(map(str, obj))) or "none"})'
-        )
+        raise _Bad(f'needs "prompt" and "completion", or "messages" (keys: {key_list(obj)})')
     if lp is None:
         lp = _logprobs(obj.get("logprobs"))
     elif obj.get("logprobs") is not None:
@@ -281,7 +300,26 @@ def _parse_line(obj: Any, line: int) -> TranscriptEntry:
     if lp is not None and not lp[0] and completion:
         lp = None  # an empty log-prob list for a non-empty answer says nothing about its tokens
     tokens, values, top, raw_bytes = lp if lp is not None else (None, None, None, None)
-    return TranscriptEntry(prompt, completion, line, top_model or resp_model, tokens, values, top, raw_bytes)
+    entry = TranscriptEntry(prompt, completion, line, top_model or resp_model, tokens, values, top, raw_bytes)
+    _check_text(entry)
+    return entry
+
+
+def _check_text(entry: TranscriptEntry) -> None:
+    """The prompt is not blank (it becomes a probe), every string is Unicode text (JSON escapes can make lone
+    surrogates) and every "token_id:N" names an int64 id."""
+    if not entry.prompt.strip():
+        raise _Bad("the prompt is empty")
+    named = [("the prompt", entry.prompt), ("the answer", entry.completion), ('"model"', entry.model or "")]
+    named += [(f"logged token {i}", t) for i, t in enumerate(entry.tokens or ())]
+    named += [(f"alternative {j} at token {i}", t) for i, step in enumerate(entry.top or ()) for j, (t, _) in enumerate(step)]
+    for what, text in named:
+        problem = lone_surrogate(text)
+        if problem:
+            raise _Bad(f"{what} is not valid Unicode ({problem})")
+        rest = text[len(TOKEN_ID_PREFIX):]
+        if text.startswith(TOKEN_ID_PREFIX) and rest.isdigit() and not (rest.isascii() and int(rest) <= _MAX_TOKEN_ID):
+            raise _Bad(f"{what} ({_short(text)}) is not a token id")
 
 
 def load_transcript(path: Path, flag: str = "--teacher-transcript") -> tuple[TranscriptEntry, ...]:
@@ -291,30 +329,23 @@ def load_transcript(path: Path, flag: str = "--teacher-transcript") -> tuple[Tra
 
 
 def _read(path: Path, flag: str) -> tuple[tuple[TranscriptEntry, ...], str]:
-    text, data = read_jsonl(path, flag)
+    text, data = read_user_file(path, flag)
     entries: list[TranscriptEntry] = []
     bad: list[str] = []
-    # split on newlines only: JSON strings may hold a raw U+2028, which str.splitlines() would break on
-    for number, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
+    for number, raw in jsonl_lines(text):
         try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            bad.append(f"line {number}: not valid JSON ({exc.msg})")
-            continue
-        try:
-            entries.append(_parse_line(obj, number))
+            entries.append(_parse_line(parse_json(raw), number))
+        except BadJSON as exc:
+            bad.append(f"line {number}: not valid JSON ({exc})")
         except _Bad as exc:
             bad.append(f"line {number}: {exc}")
     if bad:
-        shown = "; ".join(bad[:_MAX_REPORTED])
+        listed = "; ".join(bad[:_MAX_REPORTED])
         more = f"; and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
         plural = "s" if len(bad) != 1 else ""
-        message = f"{flag} {path}: {len(bad)} malformed line{plural}: {shown}{more}"
-        raise UsageError(" ".join(message.split("\n")))
+        raise UsageError(shown(f"{flag} {path}: {len(bad)} malformed line{plural}: {listed}{more}"))
     if not entries:
-        raise UsageError(f"{flag} {path}: no transcript entries (the file is empty)")
+        raise UsageError(f"{flag} {shown(path)}: no transcript entries (the file is empty)")
     return tuple(entries), hashlib.sha256(data).hexdigest()
 
 
@@ -371,9 +402,18 @@ class TranscriptAdapter:
         self._first: dict[str, TranscriptEntry] = {}
         for entry in self.entries:
             self._first.setdefault(entry.prompt, entry)
+        self.duplicate_prompts = len(self.entries) - len(self._first)  # later entries for a logged prompt: unused
+        if self.duplicate_prompts:
+            self._log_duplicates()
         models = {entry.model for entry in self.entries}
         only = next(iter(models)) if len(models) == 1 else None
         self.model = only if only else "unknown"
+
+    def _log_duplicates(self) -> None:
+        differing = sum(entry.completion != self._first[entry.prompt].completion for entry in self.entries)
+        log.warning("%s: %d entr%s repeat an earlier entry's prompt (%d with a different answer); each prompt is one "
+                    "probe, answered by its first entry", shown(self.path), self.duplicate_prompts,
+                    "y" if self.duplicate_prompts == 1 else "ies", differing)
 
     @classmethod
     def load(
@@ -420,6 +460,7 @@ class TranscriptAdapter:
             "sha256": self.sha256,
             "entries": len(self.entries),
             "prompts": len(self._first),
+            "duplicate_prompts": self.duplicate_prompts,
             "model": self.model,
             "has_logprobs": all(entry.has_logprobs for entry in self.entries),
             "has_top_logprobs": all(entry.has_top for entry in self.entries),
