@@ -121,4 +121,10 @@ def write_logs(path: Path, logs: list[tuple[str, str]]) -> None:
 
 
 def demo_prompts(recipe: DemoRecipe = DemoRecipe()) -> list[str]:
-    return synthetic.Grammar(seed=recipe.grammar_seed).prompts(recipe.n_probes, seed=recipe.probe_seed)
+    """``n_probes`` distinct sentence openings: short openings of a small language repeat, and an audit counts
+    a repeated probe once, so repeats are drawn past rather than written to the probe file."""
+    pool = synthetic.Grammar(seed=recipe.grammar_seed).prompts(8 * recipe.n_probes, seed=recipe.probe_seed)
+    distinct = list(dict.fromkeys(pool))[: recipe.n_probes]
+    if len(distinct) < recipe.n_probes:
+        raise RuntimeError(f"the demo grammar gave only {len(distinct)} distinct prompts")
+    return distinct
