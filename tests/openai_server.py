@@ -2,17 +2,28 @@
 and TGI's /generate) and serves a tiny local transformers model. Test harness, run as its own process:
 
     python -m tests.openai_server --model DIR --name NAME [--port 0] [--no-echo] [--no-ids] [--chat-only]
-                                  [--tgi] [--key KEY] [--strict-chat]
+                                  [--tgi] [--key KEY] [--strict-chat] [--max-model-len N]
 
 It prints ``PORT <n>`` on its first stdout line once it listens. Faults for the next matching requests are
 queued with ``POST /_control/faults`` and every handled request is listed by ``GET /_control/log``:
 
     {"faults": [{"path": "/v1/completions", "kind": "429", "retry_after": 1, "times": 2}, ...]}
 
-kinds: 429 (with Retry-After), 500, slow (``seconds``, then a normal answer), malformed (200, broken JSON),
-truncated (a body shorter than its Content-Length, then the connection closes), no_logprobs (a normal
-answer without log-probs), echo_key (500 whose body repeats the Authorization header), hang (no answer
-until ``POST /_control/release``). ``"after": n`` lets n matching requests through before the fault.
+A fault without a path matches every route (GET /v1/models too). ``"after": n`` lets n matching requests
+through before the fault; ``"times"`` (default 1) is how many it hits. Kinds:
+
+* transport: 429 (with Retry-After), 500, slow (``seconds``, then a normal answer), hang (no answer until
+  ``POST /_control/release``), malformed (200, broken JSON), truncated (a body shorter than its
+  Content-Length, then the connection closes), huge (the answer after ``bytes`` of JSON whitespace, default
+  200 MB, with a Content-Length unless ``"length": false``; the log's ``sent`` says how much got out),
+  trickle (the whole response, status line on, one byte every ``interval`` seconds, default 1; or from the
+  body on with ``"from": "body"``), redirect (``status``, default 302, to ``location``);
+* content: no_logprobs (a normal answer without log-probs), echo_key (500 whose body repeats the
+  Authorization header), key_in_text (the key from the Authorization header inside the answer: in the
+  generated text, as an alternative in every top-log-prob row, as a ``note`` field, as /models' owned_by),
+  nonfinite (``value`` "NaN", "Infinity" or "-Infinity" as the log-prob at ``index``, default -1, of
+  completions' token_logprobs or chat's content), mutate (completions: ``logprobs[field]`` set to
+  ``value``, or its item at ``index`` set to ``value``, or its last ``drop`` items removed).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import json
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,8 +45,9 @@ from audit.backends.hf import HFAdapter
 
 class ModelServer:
     def __init__(self, adapter: HFAdapter, name: str, echo: bool, ids: bool, chat_only: bool, tgi: bool,
-                 key: str | None, strict_chat: bool = False):
+                 key: str | None, strict_chat: bool = False, max_model_len: int | None = None):
         self.strict_chat = strict_chat
+        self.max_model_len = max_model_len or adapter.context_length
         self.adapter = adapter
         self.tok = adapter.tokenizer
         self.name = name
@@ -154,7 +167,56 @@ class ModelServer:
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         text = body.get("prompt", body.get("content"))
         ids = self.adapter._encode([str(text)])[0]
-        return {"tokens": ids, "count": len(ids), "max_model_len": self.adapter.context_length}
+        return {"tokens": ids, "count": len(ids), "max_model_len": self.max_model_len}
+
+    def models(self) -> dict[str, Any]:
+        """Like vLLM's: ``created`` is the time of the request and the permission id is new every time."""
+        now = int(time.time())
+        return {"object": "list", "data": [
+            {"id": self.name, "object": "model", "created": now, "owned_by": "distill-audit-tests", "root": self.name,
+             "parent": None, "max_model_len": self.max_model_len,
+             "permission": [{"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": now}]}]}
+
+
+def spoil(answer: dict[str, Any], fault: dict[str, Any], key: str) -> None:
+    """Apply a content fault to an answer, in place."""
+    kind = fault["kind"]
+    choices = [c for c in answer.get("choices", []) if isinstance(c, dict)]
+    if kind == "no_logprobs":
+        for choice in choices:
+            choice["logprobs"] = None
+    elif kind == "key_in_text":
+        answer["note"] = f"served for {key}"
+        for entry in answer.get("data", []):
+            entry["owned_by"] = key
+        if "generated_text" in answer:
+            answer["generated_text"] += f" {key}"
+        for choice in choices:
+            if "text" in choice:
+                choice["text"] += f" {key}"
+            if isinstance(choice.get("message"), dict):
+                choice["message"]["content"] += f" {key}"
+            lp = choice.get("logprobs") or {}
+            for row in lp.get("top_logprobs") or []:
+                if isinstance(row, dict):
+                    row[key] = -99.0
+            for item in lp.get("content") or []:
+                item["top_logprobs"].append({"token": key, "logprob": -99.0})
+    elif kind in ("nonfinite", "mutate"):
+        for choice in choices:
+            lp = choice.get("logprobs")
+            if not lp:
+                continue
+            if kind == "nonfinite" and "content" in lp:
+                lp["content"][fault.get("index", -1)]["logprob"] = float(fault["value"])
+            elif kind == "nonfinite":
+                lp["token_logprobs"][fault.get("index", -1)] = float(fault["value"])
+            elif "drop" in fault:
+                lp[fault["field"]] = lp[fault["field"]][: -int(fault["drop"])]
+            elif "index" in fault:
+                lp[fault["field"]][fault["index"]] = fault["value"]
+            else:
+                lp[fault["field"]] = fault["value"]
 
 
 class BadRequest(Exception):
@@ -167,6 +229,13 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: Any) -> None:  # quiet
             pass
+
+        def _head(self, status: int, length: int | None, headers: dict[str, str] | None = None) -> bytes:
+            lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}", "Content-Type: application/json"]
+            if length is not None:
+                lines.append(f"Content-Length: {length}")
+            lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+            return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
         def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -195,22 +264,19 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                         return dict(f)
             return None
 
+        def _authorised(self) -> bool:
+            if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
+                self._send(401, {"error": {"message": "invalid api key"}})
+                return False
+            return True
+
         def do_GET(self) -> None:
             if self.path == "/_control/log":
                 with server.faults_lock:
                     return self._send(200, server.log)
             if not self._authorised():
                 return
-            if self.path == "/v1/models":
-                return self._send(200, {"object": "list", "data": [
-                    {"id": server.name, "object": "model", "max_model_len": server.adapter.context_length}]})
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-        def _authorised(self) -> bool:
-            if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
-                self._send(401, {"error": {"message": "invalid api key"}})
-                return False
-            return True
+            self._serve({})
 
         def do_POST(self) -> None:
             body = self._body()
@@ -227,54 +293,105 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, {"ok": True})
             if not self._authorised():
                 return
+            self._serve(body)
+
+        def _answer(self, body: dict[str, Any]) -> dict[str, Any] | None:
+            """The normal answer for this route, or None when an error was sent instead."""
+            if self.command == "GET":
+                if self.path == "/v1/models":
+                    return server.models()
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                return None
+            if body.get("model", server.name) != server.name and self.path.startswith("/v1/"):
+                self._send(404, {"error": {"message": f"model {body.get('model')} not found"}})
+                return None
+            try:
+                if self.path == "/v1/completions" and not server.chat_only:
+                    return server.completions(body)
+                if self.path == "/v1/chat/completions":
+                    return server.chat(body)
+                if self.path == "/tokenize":
+                    return server.tokenize(body)
+                if self.path == "/generate" and server.tgi:
+                    return server.tgi_generate(body)
+            except BadRequest as exc:
+                self._send(400, {"error": {"message": str(exc)}})
+                return None
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return None
+
+        def _serve(self, body: dict[str, Any]) -> None:
             fault = self._fault(self.path)
-            entry = {"path": self.path, "body": body, "fault": fault["kind"] if fault else None}
+            f: dict[str, Any] = fault or {}
+            kind = f.get("kind")
+            entry: dict[str, Any] = {"method": self.command, "path": self.path, "body": body, "fault": kind}
             with server.faults_lock:
                 server.log.append(entry)
-            kind = fault["kind"] if fault else None
+            key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
             if kind == "429":
                 return self._send(429, {"error": {"message": "rate limited"}},
-                                  {"Retry-After": str(fault.get("retry_after", 1))})
+                                  {"Retry-After": str(f.get("retry_after", 1))})
             if kind == "500":
                 return self._send(500, {"error": {"message": "internal error"}})
             if kind == "echo_key":
                 return self._send(500, {"error": {"message": f"bad header {self.headers.get('Authorization')}"}})
+            if kind == "redirect":
+                return self._send(int(f.get("status", 302)), {"error": {"message": "moved"}},
+                                  {"Location": str(f.get("location", "/moved" + self.path))})
             if kind == "slow":
-                time.sleep(float(fault.get("seconds", 2)))
+                time.sleep(float(f.get("seconds", 2)))
             if kind == "hang":
                 server.release.wait()
-            if body.get("model", server.name) != server.name and self.path.startswith("/v1/"):
-                return self._send(404, {"error": {"message": f"model {body.get('model')} not found"}})
-            try:
-                if self.path == "/v1/completions" and not server.chat_only:
-                    answer = server.completions(body)
-                elif self.path == "/v1/chat/completions":
-                    answer = server.chat(body)
-                elif self.path == "/tokenize":
-                    answer = server.tokenize(body)
-                elif self.path == "/generate" and server.tgi:
-                    answer = server.tgi_generate(body)
-                else:
-                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
-            except BadRequest as exc:
-                return self._send(400, {"error": {"message": str(exc)}})
+            answer = self._answer(body)
+            if answer is None:
+                return
             entry["status"] = 200
-            if kind == "no_logprobs":
-                for choice in answer.get("choices", []):
-                    choice["logprobs"] = None
-            data = json.dumps(answer).encode()
+            if fault is not None:
+                spoil(answer, fault, key)
+            data = json.dumps(answer).encode()  # NaN and Infinity as Python writes them, for the nonfinite fault
             if kind == "malformed":
                 return self._send(200, data[: len(data) // 2] + b"}}}")
             if kind == "truncated":
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
+                self.wfile.write(self._head(200, len(data)) + data[: len(data) // 2])
                 self.close_connection = True
                 return
+            if kind == "huge":
+                return self._huge(data, int(f.get("bytes", 200_000_000)), bool(f.get("length", True)), entry)
+            if kind == "trickle":
+                head = self._head(200, len(data))
+                return self._trickle(head, data, float(f.get("interval", 1.0)), f.get("from") == "body")
             self._send(200, data)
+
+        def _huge(self, data: bytes, size: int, length: bool, entry: dict[str, Any]) -> None:
+            """``size`` bytes of whitespace (valid leading JSON whitespace), then the answer."""
+            self.close_connection = True
+            sent = 0
+            try:
+                total = size + len(data)
+                self.wfile.write(self._head(200, total if length else None, {} if length else {"Connection": "close"}))
+                block = b" " * (1 << 20)
+                while sent < size:
+                    n = min(len(block), size - sent)
+                    self.wfile.write(block[:n])
+                    sent += n
+                self.wfile.write(data)
+                sent += len(data)
+            except OSError:
+                pass
+            with server.faults_lock:
+                entry["sent"] = sent
+
+        def _trickle(self, head: bytes, data: bytes, interval: float, body_only: bool) -> None:
+            self.close_connection = True
+            try:
+                if body_only:
+                    self.wfile.write(head)
+                for i in range(len(data) if body_only else len(head) + len(data)):
+                    b = data[i : i + 1] if body_only else (head + data)[i : i + 1]
+                    self.wfile.write(b)
+                    time.sleep(interval)
+            except OSError:
+                pass
 
     return Handler
 
@@ -290,11 +407,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tgi", action="store_true")
     ap.add_argument("--key", default=None)
     ap.add_argument("--strict-chat", action="store_true", help="chat refuses max_tokens and logprobs")
+    ap.add_argument("--max-model-len", type=int, default=None, help="the context length reported (default: the model's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     adapter = HFAdapter.load(args.model)
     server = ModelServer(adapter, args.name, echo=not args.no_echo, ids=not args.no_ids, chat_only=args.chat_only,
-                         tgi=args.tgi, key=args.key, strict_chat=args.strict_chat)
+                         tgi=args.tgi, key=args.key, strict_chat=args.strict_chat, max_model_len=args.max_model_len)
     httpd = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(server))
     httpd.daemon_threads = True
     print(f"PORT {httpd.server_address[1]}", flush=True)

@@ -57,6 +57,8 @@ def test_token_id_strings_unknown_strings_and_no_tokenizer(tokenizer_dir: Path) 
     token_map = TokenMap.load(tokenizer_dir)
     assert token_map.ids(["token_id:17"]).tolist() == [17]
     assert parse_token_ids(["token_id:17", "token_id:x", "Kise"], None).tolist() == [17, UNKNOWN_ID, UNKNOWN_ID]
+    # a hostile server's ids: non-ASCII digits and ids past int64 are unknown, not a crash
+    assert parse_token_ids(["token_id:\u00b2", "token_id:" + "9" * 30], None).tolist() == [UNKNOWN_ID, UNKNOWN_ID]
     out = token_map.ids(["\u4e2d\u6587-not-in-vocab", "token_id:3"])
     assert out.dtype == np.int64 and out.tolist() == [UNKNOWN_ID, 3]
     assert UNKNOWN_ID < 0  # never a real id

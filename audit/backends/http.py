@@ -7,14 +7,26 @@ What is retried: connection failures, timeouts, 408, 429, 5xx, and bodies that a
 JSON (a proxy or a dying server). Everything else (400, 401, 404, ...) is the user's to fix and fails at
 once with the server's own message. Waits grow exponentially with full jitter; a server's Retry-After is
 honoured. Every attempt, failed or not, goes to the transcript, the audit's evidence of what was asked and
-what came back. The API key is sent in a header, which the transcript does not record, and any echo of
-the key in a body is replaced by ``[REDACTED]`` before it is written anywhere.
+what came back.
+
+Everything from the server is checked at the door, in :meth:`JSONClient.request`, before anything else
+sees it:
+
+* ``timeout`` bounds the whole request (connect, send, headers, body), not each socket read: a watchdog
+  shuts the socket at the deadline, so a server that trickles a byte a second cannot hold an audit;
+* a body past ``max_response_bytes`` is refused without being read further (and at once when its
+  Content-Length says so); the transcript keeps at most ``_MAX_LOGGED_BODY`` of any one body;
+* a redirect is not followed (the key would go to wherever it points) but named;
+* JSON is parsed strictly: NaN, Infinity and numbers that overflow to infinity are refused;
+* the API key is sent in a header, which the transcript does not record, and any echo of it anywhere in
+  an answer (every string, object keys too) is replaced by ``[REDACTED]`` before the answer is returned,
+  so the cache, the detectors and the result never see it. ``JSONClient.redactions`` counts the
+  replacements.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import email.utils
 import http.client
 import ipaddress
 import json
@@ -30,15 +42,24 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from audit import __version__
-from audit.errors import AuditError, UsageError
+from audit.backends.wire import (
+    REDACTED,
+    NonFiniteNumber,
+    RemoteError,
+    parse_json,
+    redact,
+    redact_counted,
+    retry_after,
+    server_message,
+)
+from audit.errors import UsageError
 
+__all__ = ["REDACTED", "Endpoint", "HTTPSettings", "JSONClient", "RedirectError", "RejectedError", "RemoteError",
+           "Transcript", "parse_endpoint", "redact"]
 log = logging.getLogger(__name__)
-REDACTED = "[REDACTED]"
-_MAX_LOGGED_BODY = 1 << 20  # bytes of a non-JSON body kept in the transcript
-
-
-class RemoteError(AuditError):
-    """A remote model could not answer (after retries), or answered something unusable."""
+_MAX_LOGGED_BODY = 1 << 20  # bytes of any one body kept in the transcript
+_CHUNK = 1 << 16  # bytes asked of the socket at a time while reading a body
+MiB = 1 << 20
 
 
 class RejectedError(RemoteError):
@@ -50,14 +71,23 @@ class RejectedError(RemoteError):
         self.detail = detail
 
 
+class RedirectError(RemoteError):
+    """The server answered with a redirect, which is never followed (the key would go with it)."""
+
+
 @dataclass(frozen=True)
 class HTTPSettings:
     concurrency: int = 4  # requests in flight per remote model
-    timeout: float = 120.0  # seconds for one request (connect, send, wait, read)
+    timeout: float = 120.0  # seconds for one whole request: connect, send, wait, headers and body
     max_retries: int = 6  # retries after the first attempt
     backoff_base: float = 1.0  # seconds: the first wait is drawn from [0, base], then [0, 2 base], ...
     backoff_cap: float = 60.0  # no backoff wait is drawn from beyond this
     max_retry_after: float = 600.0  # a Retry-After longer than this gives up instead of waiting
+    # The largest answer read. The largest an audit asks for is an echo-scored long text with top-k
+    # alternatives at every position, roughly 1 KB per token, so some 30 MB for a 32k-token context; 64 MiB
+    # leaves room for that while bounding the memory a broken or hostile server can take (per request in
+    # flight: ``concurrency`` times this at most).
+    max_response_bytes: int = 64 * MiB
 
     def to_dict(self) -> dict[str, float]:
         return dict(vars(self))
@@ -71,11 +101,15 @@ class Endpoint:
     base_path: str  # "/v1", no trailing slash
 
     @property
-    def url(self) -> str:
+    def origin(self) -> str:
         default = 443 if self.scheme == "https" else 80
         port = "" if self.port == default else f":{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}{port}{self.base_path}"
+        return f"{self.scheme}://{host}{port}"
+
+    @property
+    def url(self) -> str:
+        return self.origin + self.base_path
 
     @property
     def root_path(self) -> str:
@@ -106,17 +140,11 @@ def parse_endpoint(url: str, flag: str) -> Endpoint:
     return Endpoint(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
 
-def redact(value: Any, secret: str | None) -> Any:
-    """``value`` with every occurrence of ``secret`` in its strings replaced."""
-    if not secret:
-        return value
-    if isinstance(value, str):
-        return value.replace(secret, REDACTED)
-    if isinstance(value, list):
-        return [redact(v, secret) for v in value]
-    if isinstance(value, dict):
-        return {redact(k, secret): redact(v, secret) for k, v in value.items()}
-    return value
+def _clip(text: str, limit: int = _MAX_LOGGED_BODY) -> str:
+    """``text`` cut so that it takes at most ``limit`` bytes as a JSON string (escapes counted)."""
+    while len(json.dumps(text, ensure_ascii=False).encode("utf-8")) > limit + 2:
+        text = text[: len(text) * 3 // 4]
+    return text
 
 
 class Transcript:
@@ -148,37 +176,48 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
+class _TooLarge(Exception):
+    """The body is (or says it is) larger than ``max_response_bytes``; ``head`` is what was read of it."""
+
+    def __init__(self, head: bytes, declared: int | None):
+        super().__init__("too large")
+        self.head = head
+        self.declared = declared
 
 
-def _server_message(body: bytes) -> str:
-    """The server's error text, short and on one line."""
-    text = body.decode("utf-8", "replace")
-    try:
-        obj = json.loads(text)
-        err = obj.get("error", obj) if isinstance(obj, dict) else obj
-        if isinstance(err, dict):
-            text = str(err.get("message") or err.get("detail") or err)
-        else:
-            text = str(err)
-    except (json.JSONDecodeError, AttributeError):
-        pass
-    text = " ".join(text.split())
-    return text[:300] + ("..." if len(text) > 300 else "")
+class _Watchdog:
+    """Shuts a connection's socket when ``seconds`` have passed, so that a request's timeout bounds all of
+    it (a trickling server resets a per-read timeout with every byte). Once cancelled it never fires."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float):
+        self.fired = False
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self.fired = True
+            sock = self._conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+        self._timer.cancel()
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:g} MiB" if n >= MiB else f"{n} bytes"
 
 
 class JSONClient:
@@ -186,11 +225,12 @@ class JSONClient:
 
     def __init__(self, endpoint: Endpoint, name: str, api_key: str | None, settings: HTTPSettings,
                  transcript: Transcript | None = None, key_env: str | None = None,
-                 sleep: Callable[[float], object] | None = None):
+                 sleep: Callable[[float], object] | None = None, flag: str = "--*-url"):
         self.endpoint = endpoint
         self.name = name
         self.settings = settings
         self.transcript = transcript
+        self.flag = flag  # the option that gave the URL, for messages
         self._key = api_key
         self._key_env = key_env
         self._aborted = threading.Event()
@@ -201,6 +241,7 @@ class JSONClient:
         self._jitter = random.Random()  # timing only; never touches results
         self.requests = 0
         self.retries = 0
+        self.redactions = 0  # echoes of the API key replaced in answers
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if endpoint.scheme == "https" else None
         if api_key and endpoint.scheme == "http" and not endpoint.is_loopback:
             log.warning("%s: the API key goes over plain http to %s; anyone on the path can read it (use https)",
@@ -250,7 +291,8 @@ class JSONClient:
         return self.request("GET", path, None, root)
 
     def request(self, method: str, path: str, body: Mapping[str, Any] | None, root: bool = False) -> Any:
-        """The parsed JSON answer; retries what can pass, raises RemoteError for what cannot."""
+        """The parsed JSON answer, checked and with any echo of the key redacted; retries what can pass,
+        raises RemoteError for what cannot."""
         full = (self.endpoint.root_path if root else self.endpoint.base_path) + path
         payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
         s = self.settings
@@ -262,7 +304,6 @@ class JSONClient:
                 with self._lock:
                     self.retries += 1
             started = time.perf_counter()
-            status: int | None = None
             record: dict[str, Any] = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
                                       "model": self.name, "method": method, "path": full, "request": body,
                                       "attempt": attempt + 1}
@@ -270,21 +311,27 @@ class JSONClient:
                 status, headers, raw = self._send(method, full, payload)
                 record["status"] = status
                 if status == 200:
-                    try:
-                        answer = json.loads(raw.decode("utf-8"))
-                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                        record["response_text"] = raw[:_MAX_LOGGED_BODY].decode("utf-8", "replace")
-                        raise _Transient(f"the answer is not valid JSON ({exc}); cut short?") from None
-                    record["response"] = answer
-                    return answer
-                record["response_text"] = raw[:_MAX_LOGGED_BODY].decode("utf-8", "replace")
+                    return self._answer(raw, path, record)
+                record["response_text"] = self._head(raw)
+                if 300 <= status < 400:
+                    raise self._redirect(status, headers.get("Location"), full, None if root else path)
                 if status in (408, 429) or status >= 500:
-                    raise _Transient(f"HTTP {status}: {_server_message(raw)}", _retry_after(headers.get("Retry-After")))
+                    raise _Transient(f"HTTP {status}: {server_message(raw)}", retry_after(headers.get("Retry-After")))
                 raise self._rejected(status, raw, full)
             except _Transient as exc:
                 last = redact(str(exc), self._key)
                 record["error"] = last
                 wait = self._wait(attempt, exc.retry_after)
+            except _TooLarge as exc:
+                record["response_text"] = self._head(exc.head)
+                said = f" (its Content-Length says {exc.declared} bytes)" if exc.declared is not None else ""
+                record["error"] = f"more than {_size(s.max_response_bytes)}{said}"
+                raise RemoteError(f"{self.name}: {self.endpoint.url}: {path} answered more than "
+                                  f"{_size(s.max_response_bytes)}{said}; refusing (no model answer is that large)"
+                                  ) from None
+            except RemoteError as exc:
+                record["error"] = redact(str(exc), self._key)
+                raise
             except ssl.SSLCertVerificationError as exc:
                 record["error"] = f"TLS: {exc}"
                 raise RemoteError(f"{self.name}: {self.endpoint.url}: the server's TLS certificate could not be "
@@ -307,6 +354,51 @@ class JSONClient:
         raise RemoteError(f"{self.name}: {self.endpoint.url}{full[len(self.endpoint.base_path):]}: gave up after "
                           f"{s.max_retries + 1} attempts; last problem: {last}")
 
+    def _answer(self, raw: bytes, path: str, record: dict[str, Any]) -> Any:
+        """A 200 body parsed strictly, with every echo of the key redacted; notes it in ``record``."""
+        try:
+            answer = parse_json(raw)
+        except NonFiniteNumber as exc:
+            record["response_text"] = self._head(raw)
+            raise RemoteError(f"{self.name}: {path} answered a non-finite number ({exc}) in its JSON; refusing to "
+                              "use it as evidence") from None
+        except RecursionError:
+            record["response_text"] = self._head(raw)
+            raise RemoteError(f"{self.name}: {path} answered JSON nested too deeply to read; refusing") from None
+        except json.JSONDecodeError as exc:
+            record["response_text"] = self._head(raw)
+            raise _Transient(f"the answer is not valid JSON ({exc}); cut short?") from None
+        except ValueError as exc:  # not UTF-8 (possibly cut inside a character), or an integer too long to read
+            record["response_text"] = self._head(raw)
+            if isinstance(exc, UnicodeDecodeError):
+                raise _Transient(f"the answer is not valid UTF-8 JSON ({exc.reason}); cut short?") from None
+            raise RemoteError(f"{self.name}: {path} answered JSON that cannot be read ({exc}); refusing") from None
+        try:
+            answer, hits = redact_counted(answer, self._key)
+        except RecursionError:
+            raise RemoteError(f"{self.name}: {path} answered JSON nested too deeply to read; refusing") from None
+        if hits:
+            with self._lock:
+                first = self.redactions == 0
+                self.redactions += hits
+            if first:
+                log.warning("%s: the server's answer holds the API key; it is replaced by %s in every answer "
+                            "before anything uses it (generated text that held it is changed)", self.name, REDACTED)
+        if len(raw) <= _MAX_LOGGED_BODY:
+            record["response"] = answer
+        else:  # the transcript keeps at most _MAX_LOGGED_BODY of any one body
+            record["response_text"] = self._head(raw)
+            record["response_bytes"] = len(raw)
+            record["response_truncated"] = True
+        return answer
+
+    def _head(self, raw: bytes) -> str:
+        """The start of a body as text for the transcript: at most _MAX_LOGGED_BODY bytes, with the key
+        redacted even where the cut falls inside it."""
+        extra = len(self._key.encode()) if self._key else 0
+        text = raw[: _MAX_LOGGED_BODY + extra].decode("utf-8", "replace")
+        return _clip(redact(text, self._key))
+
     def _send(self, method: str, path: str, payload: bytes | None) -> tuple[int, http.client.HTTPMessage, bytes]:
         headers = {"Accept": "application/json", "User-Agent": f"distill-audit/{__version__}"}
         if payload is not None:
@@ -314,15 +406,67 @@ class JSONClient:
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         conn = self._connection()
-        conn.request(method, path, body=payload, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read()  # IncompleteRead when the body stops short of its Content-Length
-        if resp.will_close:
+        watchdog = _Watchdog(conn, self.settings.timeout)
+        resp: http.client.HTTPResponse | None = None
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            raw = self._read_body(resp, watchdog)
+        except BaseException as exc:
+            # hang up for real: the response holds the socket open (and a server blocked writing) until closed
+            if resp is not None:
+                resp.close()
+            self._drop_connection()
+            if watchdog.fired and isinstance(exc, (OSError, http.client.HTTPException)):
+                raise TimeoutError("deadline") from None  # the watchdog shut the socket: the deadline is the cause
+            raise
+        finally:
+            watchdog.cancel()
+        if resp.will_close or watchdog.fired:
             self._drop_connection()
         return resp.status, resp.headers, raw
 
+    def _read_body(self, resp: http.client.HTTPResponse, watchdog: _Watchdog) -> bytes:
+        """The whole body, read in chunks; _TooLarge past ``max_response_bytes`` (at once when the
+        Content-Length says so), IncompleteRead when it stops short of its Content-Length."""
+        limit = self.settings.max_response_bytes
+        if resp.length is not None and resp.length > limit:
+            raise _TooLarge(b"", resp.length)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            if watchdog.fired:
+                raise TimeoutError("deadline")
+            chunk = resp.read1(_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                head = b"".join(chunks[: _MAX_LOGGED_BODY // _CHUNK + 2])
+                raise _TooLarge(head, None)
+        data = b"".join(chunks)
+        if resp.length:  # the connection closed before the promised Content-Length arrived
+            raise http.client.IncompleteRead(data, resp.length)
+        resp.close()
+        return data
+
+    def _redirect(self, status: int, location: str | None, full: str, route: str | None) -> RedirectError:
+        """The error for a redirect; ``route`` (a route under the base URL) lets it suggest the new base URL."""
+        head = f"{self.name}: {self.endpoint.url}: {full} answered HTTP {status}"
+        tail = f"redirects are not followed (the API key would go with them); give the final URL with {self.flag}"
+        if not location:
+            return RedirectError(f"{head} (a redirect without a Location); {tail}")
+        target = redact(urllib.parse.urljoin(self.endpoint.origin + full, " ".join(location.split())), self._key)
+        parts = urllib.parse.urlsplit(target)
+        hint = ""
+        if route and parts.path.endswith(route) and not parts.query and parts.scheme in ("http", "https"):
+            hint = f" (perhaps {target[: len(target) - len(route)]})"
+        shown = target if len(target) <= 200 else target[:197] + "..."
+        return RedirectError(f"{head} redirect to {shown}; {tail}{hint}")
+
     def _rejected(self, status: int, raw: bytes, path: str) -> RejectedError:
-        detail = redact(_server_message(raw), self._key)
+        detail = redact(server_message(raw), self._key)
         hint = ""
         if status in (401, 403):
             hint = (f"; check the key in ${self._key_env}" if self._key_env else

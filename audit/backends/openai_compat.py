@@ -13,9 +13,13 @@ What the endpoint can do is found out once, when the model is connected, with th
   when that tokenizer is given and agrees with the server on a test text.
 
 The backend declares exactly the capabilities found; detectors that need more are skipped with the
-reason. Requests for one batch go out concurrently (``HTTPSettings.concurrency``) and each answer is
-handed to the engine as it arrives, so the engine's cache commits it at once and a restarted audit
-re-sends nothing already answered. Log-probs from an API carry no entropy or variance over the whole
+reason. The fingerprint covers what was found (see :attr:`OpenAIAdapter.discovery`), so a server replaced
+behind the same URL that describes itself differently is not answered from the old cache. Every answer is
+checked before use (:mod:`audit.backends.wire`): a malformed log-prob is one error naming the field.
+
+Requests for one batch go out concurrently (``HTTPSettings.concurrency``) and each answer is handed to the
+engine as it arrives, so the engine's cache commits it at once and a restarted audit re-sends nothing
+already answered. Log-probs from an API carry no entropy or variance over the whole
 vocabulary, so scores from it leave those NaN/empty (the Min-K%++ membership score is then unavailable).
 """
 
@@ -40,6 +44,18 @@ from audit.backends.http import (
     parse_endpoint,
 )
 from audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
+from audit.backends.wire import (
+    Route,
+    chat_logprobs,
+    choice,
+    completion_logprobs,
+    logprob_array,
+    positive_int,
+    stable_field,
+    tgi_prefill,
+    token_ids,
+    top_arrays,
+)
 from audit.errors import CapabilityError, UsageError
 
 log = logging.getLogger(__name__)
@@ -47,6 +63,9 @@ T = TypeVar("T")
 APIS = ("auto", "completions", "chat")
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3"
 _IDS_EXTENSION = {"return_tokens_as_token_ids": True}  # vLLM: token strings become "token_id:N"
+# the fields of a /models entry that name what is served; not vLLM's `created` (the time of the request) nor
+# its permission ids (new on every request)
+_STABLE_MODEL_FIELDS = ("id", "object", "owned_by", "root", "parent", "max_model_len")
 
 
 @dataclass(frozen=True)
@@ -61,37 +80,6 @@ class RemoteModel:
 
     def describe(self) -> str:
         return f"openai-compatible {self.url} model {self.model}"
-
-
-def _invalid(name: str, what: str) -> RemoteError:
-    return RemoteError(f"{name}: the server's answer {what}; it does not speak the OpenAI format this backend expects")
-
-
-def _choice(answer: Any, name: str) -> dict[str, Any]:
-    choices = answer.get("choices") if isinstance(answer, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise _invalid(name, "has no choices")
-    return choices[0]
-
-
-def _top_rows(rows: Sequence[Any], k: int, token_map: TokenMap | None) -> tuple[np.ndarray, np.ndarray]:
-    """[n, k] ids and log-probs from per-position alternatives ({token: logprob} or [{token, logprob}])."""
-    ids = np.full((len(rows), k), UNKNOWN_ID, dtype=np.int64)
-    lps = np.full((len(rows), k), -np.inf, dtype=np.float32)
-    for i, row in enumerate(rows):
-        if row is None:
-            ids[i], lps[i] = -1, np.nan
-            continue
-        if isinstance(row, dict):
-            pairs = [(str(t), float(v)) for t, v in row.items() if v is not None]
-        else:
-            pairs = [(str(a["token"]), float(a["logprob"])) for a in row if a.get("logprob") is not None]
-        pairs.sort(key=lambda tv: -tv[1])
-        pairs = pairs[:k]
-        if pairs:
-            ids[i, : len(pairs)] = parse_token_ids([t for t, _ in pairs], token_map)
-            lps[i, : len(pairs)] = [v for _, v in pairs]
-    return ids, lps
 
 
 def _same_tokens(server: Sequence[int], local: Sequence[int]) -> bool:
@@ -122,6 +110,7 @@ class OpenAIAdapter:
         self._limit_key = "max_tokens"  # or max_completion_tokens (chat, newer hosted models)
         self._tokenize_route: str | None = None  # "vllm" | "llama.cpp"
         self._context: int | None = None
+        self._listed: dict[str, Any] | None = None  # the stable fields of the model's /models entry
         self._fingerprint = remote_fingerprint("openai-compatible", client.endpoint.url, config.model, None)
 
     # -- connecting ---------------------------------------------------------------------------------
@@ -141,10 +130,13 @@ class OpenAIAdapter:
                                  "is not set or is empty")
         token_map = TokenMap.load(config.tokenizer, f"--{name.split('-')[0]}-tokenizer") if config.tokenizer else None
         transcript = Transcript(transcript_path, key) if transcript_path is not None else None
-        client = JSONClient(endpoint, name, key, settings, transcript, config.api_key_env)
+        client = JSONClient(endpoint, name, key, settings, transcript, config.api_key_env, flag=flag)
         adapter = cls(name, config, client, token_map)
         adapter._discover()
         return adapter
+
+    def _route(self, path: str) -> Route:
+        return Route(self.name, path)
 
     def _try(self, path: str, body: dict[str, Any], root: bool = False) -> Any | None:
         """The answer, or None when the server refuses the request as such (route or option not offered)."""
@@ -157,7 +149,32 @@ class OpenAIAdapter:
             return None
 
     def _discover(self) -> None:
-        """Which routes and options the endpoint honours; sets capabilities, token-id source and context."""
+        """Which routes and options the endpoint honours; sets capabilities, token-id source, context and the
+        fingerprint, which covers all of that."""
+        self._discover_listing()
+        self._discover_generation()
+        self._discover_scoring()
+        # counting tokens: the local tokenizer, else the server's /tokenize
+        if self.token_map is None:
+            routes: tuple[tuple[str, dict[str, Any]], ...] = (
+                ("vllm", {"model": self.config.model, "prompt": "Hello"}), ("llama.cpp", {"content": "Hello"}))
+            for route, tok_body in routes:
+                got = self._try("/tokenize", tok_body, root=True)
+                if isinstance(got, dict) and isinstance(got.get("tokens"), list):
+                    self._tokenize_route = route
+                    if self._context is None:
+                        self._context = positive_int(got.get("max_model_len"))
+                    break
+        else:
+            self._check_tokenizer()
+        self._fingerprint = remote_fingerprint("openai-compatible", self.client.endpoint.url, self.config.model,
+                                               self.token_map.fingerprint if self.token_map is not None else None,
+                                               self.discovery)
+        log.info("%s: %s via %s; capabilities %s; token ids %s", self.name, self.client.endpoint.url,
+                 self.generate_api, ", ".join(sorted(c.value for c in self._caps)), self._ids_source)
+
+    def _discover_listing(self) -> None:
+        """The model's /models entry: it must be served, and its context length is taken from there."""
         model = self.config.model
         try:
             listing = self.client.get("/models")
@@ -170,25 +187,28 @@ class OpenAIAdapter:
             if served and model not in served:
                 raise UsageError(f"{self.name}: {self.client.endpoint.url} does not serve model {model!r}; it serves: "
                                  f"{', '.join(sorted(served)[:10])}")
-            length = served.get(model, {}).get("max_model_len")
-            if isinstance(length, int) and length > 0:
-                self._context = length
+            if model in served:
+                self._listed = {k: stable_field(served[model][k]) for k in _STABLE_MODEL_FIELDS if k in served[model]}
+                self._context = positive_int(served[model].get("max_model_len"))
 
-        # generation: completions first (continuation of plain text, as for local models), then chat. Each
-        # route is tried with the most it might give first (vLLM's token ids, top-k log-probs), then with less;
-        # chat also with max_completion_tokens, which newer hosted models require instead of max_tokens.
+    def _discover_generation(self) -> None:
+        """Completions first (continuation of plain text, as for local models), then chat. Each route is tried
+        with the most it might give first (vLLM's token ids, top-k log-probs), then with less; chat also with
+        max_completion_tokens, which newer hosted models require instead of max_tokens."""
+        model = self.config.model
         answer = None
         if self.config.api in ("auto", "completions"):
             base = {"model": model, "prompt": "Hello", "max_tokens": 2, "temperature": 0}
+            route = self._route("/completions")
             for extra in (dict(_IDS_EXTENSION, logprobs=2), {"logprobs": 2}, {}):
                 answer = self._try("/completions", dict(base, **extra))
                 if answer is not None:
                     self.generate_api = "completions"
-                    logprobs = _choice(answer, self.name).get("logprobs") or {}
-                    tokens = logprobs.get("tokens") or []
+                    got = completion_logprobs(choice(answer, route).get("logprobs"), route, echo=False)
+                    tokens = got.tokens if got is not None else []
                     self.ids_from_server = "return_tokens_as_token_ids" in extra and bool(tokens) and all(
-                        str(t).startswith("token_id:") for t in tokens)
-                    if logprobs.get("top_logprobs"):
+                        t.startswith("token_id:") for t in tokens)
+                    if got is not None and got.top:
                         self._caps.add(Capability.GENERATE_TOPK)
                     break
         if answer is None and self.config.api in ("auto", "chat"):
@@ -196,16 +216,18 @@ class OpenAIAdapter:
             with_lp = {"logprobs": True, "top_logprobs": 2}
             variants = [dict(_IDS_EXTENSION, max_tokens=2, **with_lp), dict(max_tokens=2, **with_lp),
                         dict(max_completion_tokens=2, **with_lp), {"max_tokens": 2}, {"max_completion_tokens": 2}]
+            route = self._route("/chat/completions")
             for extra in variants:
                 answer = self._try("/chat/completions", dict({"model": model, "messages": messages,
                                                               "temperature": 0}, **extra))
                 if answer is not None:
                     self.generate_api = "chat"
                     self._limit_key = "max_completion_tokens" if "max_completion_tokens" in extra else "max_tokens"
-                    content = (_choice(answer, self.name).get("logprobs") or {}).get("content") or []
-                    self.ids_from_server = "return_tokens_as_token_ids" in extra and bool(content) and all(
-                        str(c.get("token", "")).startswith("token_id:") for c in content)
-                    if content and all(c.get("top_logprobs") for c in content):
+                    got = chat_logprobs(choice(answer, route).get("logprobs"), route)
+                    tokens = got.tokens if got is not None else []
+                    self.ids_from_server = "return_tokens_as_token_ids" in extra and bool(tokens) and all(
+                        t.startswith("token_id:") for t in tokens)
+                    if got is not None and got.top is not None and all(got.top):
                         self._caps.add(Capability.GENERATE_TOPK)
                     break
         if answer is None:
@@ -213,46 +235,32 @@ class OpenAIAdapter:
                               f"/chat/completions for model {model!r}; see the transcript for its answers")
         self._caps.add(Capability.GENERATE)
 
-        # scoring a given text: echo with max_tokens=0 (vLLM), max_tokens=1 cut back, or TGI's /generate
+    def _discover_scoring(self) -> None:
+        """Scoring a given text: echo with max_tokens=0 (vLLM), max_tokens=1 cut back, or TGI's /generate."""
+        route = self._route("/completions")
         for max_tokens in (0, 1):
-            body = {"model": model, "prompt": _PROBE_TEXT, "max_tokens": max_tokens, "echo": True,
+            body = {"model": self.config.model, "prompt": _PROBE_TEXT, "max_tokens": max_tokens, "echo": True,
                     "logprobs": 1, "temperature": 0}
             if self.ids_from_server:
                 body.update(_IDS_EXTENSION)
             answer = self._try("/completions", body) if self.generate_api == "completions" else None
             if answer is None:
                 break
-            lp = _choice(answer, self.name).get("logprobs") or {}
-            if len(lp.get("token_logprobs") or []) >= 2 and lp.get("text_offset"):
+            got = completion_logprobs(choice(answer, route).get("logprobs"), route, echo=True)
+            if got is not None and len(got.tokens) >= 2 and got.offsets:
                 self.score_route, self._score_max_tokens = "echo", max_tokens
                 self._caps.add(Capability.SCORE)
-                if any(row for row in (lp.get("top_logprobs") or [])[1:]):
+                if got.top is not None and any(got.top[1:]):
                     self._caps.add(Capability.SCORE_TOPK)
                 break
         if self.score_route is None:
             tgi = self._try("/generate", {"inputs": _PROBE_TEXT, "parameters": {
                 "max_new_tokens": 1, "details": True, "decoder_input_details": True}}, root=True)
-            prefill = ((tgi or {}).get("details") or {}).get("prefill") if isinstance(tgi, dict) else None
-            if prefill and "".join(str(t.get("text", "")) for t in prefill).endswith(_PROBE_TEXT[-10:]):
+            prefill = tgi_prefill(tgi, self._route("/generate")) if tgi is not None else None
+            if prefill is not None and "".join(prefill.texts).endswith(_PROBE_TEXT[-10:]):
                 self.score_route = "tgi"
-                self.ids_from_server = self.ids_from_server or all("id" in t for t in prefill)
+                self.ids_from_server = self.ids_from_server or all(i is not None for i in prefill.ids)
                 self._caps.add(Capability.SCORE)
-
-        # counting tokens: the local tokenizer, else the server's /tokenize
-        if self.token_map is None:
-            routes: tuple[tuple[str, dict[str, Any]], ...] = (
-                ("vllm", {"model": model, "prompt": "Hello"}), ("llama.cpp", {"content": "Hello"}))
-            for route, tok_body in routes:
-                got = self._try("/tokenize", tok_body, root=True)
-                if isinstance(got, dict) and isinstance(got.get("tokens"), list):
-                    self._tokenize_route = route
-                    if self._context is None and isinstance(got.get("max_model_len"), int):
-                        self._context = got["max_model_len"]
-                    break
-        else:
-            self._check_tokenizer()
-        log.info("%s: %s via %s; capabilities %s; token ids %s", self.name, self.client.endpoint.url,
-                 self.generate_api, ", ".join(sorted(c.value for c in self._caps)), self._ids_source)
 
     def _check_tokenizer(self) -> None:
         """The local tokenizer must tokenise like the server, or token ids would be compared wrongly."""
@@ -261,7 +269,7 @@ class OpenAIAdapter:
         server_ids: list[int] | None = None
         got = self._try("/tokenize", {"model": self.config.model, "prompt": _PROBE_TEXT}, root=True)
         if isinstance(got, dict) and isinstance(got.get("tokens"), list):
-            server_ids = [int(t) for t in got["tokens"]]
+            server_ids = token_ids(got["tokens"], self._route("/tokenize"))
         elif self.score_route == "echo":
             scored = self._score_one(_PROBE_TEXT, 1)
             server_ids = [int(i) for i in scored.token_ids]
@@ -272,8 +280,21 @@ class OpenAIAdapter:
         elif not (_same_tokens(server_ids, local) or _same_tokens(server_ids, local[1:])):
             raise UsageError(f"{flag} {self.token_map.source}: tokenises a test text differently from the server "
                              f"({len(server_ids)} vs {len(local)} tokens); it is not the served model's tokenizer")
-        self._fingerprint = remote_fingerprint("openai-compatible", self.client.endpoint.url, self.config.model,
-                                               self.token_map.fingerprint)
+
+    @property
+    def discovery(self) -> dict[str, Any]:
+        """What connecting found, all of which the fingerprint covers: a server replaced behind the same URL
+        and name (other options, another context length, another model entry) is another model to the cache."""
+        return {
+            "models_entry": self._listed,
+            "generate_api": self.generate_api,
+            "limit_key": self._limit_key,
+            "score_route": self.score_route,
+            "score_max_tokens": self._score_max_tokens,
+            "token_ids": self._ids_source,
+            "capabilities": sorted(c.value for c in self._caps),
+            "context_length": self._context,
+        }
 
     @property
     def _ids_source(self) -> str:
@@ -303,6 +324,8 @@ class OpenAIAdapter:
             "api_key_env": self.config.api_key_env,
             "requests": self.client.requests,
             "retries": self.client.retries,
+            "redactions": self.client.redactions,
+            "discovery": self.discovery,
             "http": self.client.settings.to_dict(),
             "device": "remote",
         }
@@ -325,9 +348,10 @@ class OpenAIAdapter:
             body = ({"model": self.config.model, "prompt": text} if self._tokenize_route == "vllm"
                     else {"content": text, "add_special": True})
             got = self.client.post("/tokenize", body, root=True)
-            if not isinstance(got, dict) or not isinstance(got.get("tokens"), list):
-                raise _invalid(self.name, "to /tokenize holds no token list")
-            return len(got["tokens"])
+            route = self._route("/tokenize")
+            if not isinstance(got, dict) or got.get("tokens") is None:
+                raise route.unusable("holds no token list")
+            return len(token_ids(got["tokens"], route))
 
         return self._concurrently(one, texts)
 
@@ -375,32 +399,29 @@ class OpenAIAdapter:
             body["prompt"] = prompt
             if want_topk:
                 body["logprobs"] = k
-            choice = _choice(self.client.post("/completions", body), self.name)
-            text = choice.get("text")
-            lp = choice.get("logprobs") or {}
-            tokens, token_lps, tops = lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")
+            route = self._route("/completions")
+            chosen = choice(self.client.post("/completions", body), route)
+            text = chosen.get("text")
+            got = completion_logprobs(chosen.get("logprobs"), route, echo=False) if want_topk else None
         else:
             body["messages"] = [{"role": "user", "content": prompt}]
             if want_topk:
                 body.update(logprobs=True, top_logprobs=k)
-            choice = _choice(self.client.post("/chat/completions", body), self.name)
-            text = (choice.get("message") or {}).get("content")
-            content = (choice.get("logprobs") or {}).get("content")
-            tokens = [c.get("token") for c in content] if isinstance(content, list) else None
-            token_lps = [c.get("logprob") for c in content] if isinstance(content, list) else None
-            tops = [c.get("top_logprobs") for c in content] if isinstance(content, list) else None
+            route = self._route("/chat/completions")
+            chosen = choice(self.client.post("/chat/completions", body), route)
+            message = chosen.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+            got = chat_logprobs(chosen.get("logprobs"), route) if want_topk else None
         if not isinstance(text, str):
-            raise _invalid(self.name, "holds no generated text")
+            raise route.unusable("holds no generated text")
         if not want_topk:
             return Generation(text=text, token_ids=np.zeros(0, np.int64), token_logprobs=np.zeros(0, np.float32))
-        if not (isinstance(tokens, list) and isinstance(tops, list) and isinstance(token_lps, list)
-                and len(tops) == len(tokens) == len(token_lps)):
+        if got is None or got.top is None or any(row is None for row in got.top):
             raise RemoteError(f"{self.name}: the server answered without the log-probs it gave when connected "
                               "(asked for top-k of each generated token); it may limit log-probs per request")
-        ids = parse_token_ids([str(t) for t in tokens], self.token_map)
-        top_ids, top_lps = _top_rows(tops, k, self.token_map)
-        lps = np.array([np.nan if v is None else float(v) for v in token_lps], dtype=np.float32)
-        return Generation(text=text, token_ids=ids, token_logprobs=lps, topk_ids=top_ids, topk_logprobs=top_lps)
+        top_ids, top_lps = top_arrays(got.top, k, self.token_map)
+        return Generation(text=text, token_ids=parse_token_ids(got.tokens, self.token_map),
+                          token_logprobs=logprob_array(got.logprobs), topk_ids=top_ids, topk_logprobs=top_lps)
 
     # -- score ---------------------------------------------------------------------------------------
     def score(self, texts: Sequence[str], top_k: int,
@@ -418,28 +439,24 @@ class OpenAIAdapter:
                                 "echo": True, "logprobs": max(k, 1), "temperature": 0}
         if self.ids_from_server:
             body.update(_IDS_EXTENSION)
-        lp = _choice(self.client.post("/completions", body), self.name).get("logprobs") or {}
-        tokens, token_lps = lp.get("tokens"), lp.get("token_logprobs")
-        offsets, tops = lp.get("text_offset"), lp.get("top_logprobs")
-        if not (isinstance(tokens, list) and isinstance(token_lps, list) and isinstance(offsets, list)
-                and len(tokens) == len(token_lps) == len(offsets)):
+        route = self._route("/completions")
+        got = completion_logprobs(choice(self.client.post("/completions", body), route).get("logprobs"), route,
+                                  echo=True)
+        if got is None or not got.tokens or got.offsets is None or (k and got.top is None):
             raise RemoteError(f"{self.name}: the server answered an echo request without prompt log-probs")
         # with max_tokens=1 the server appends a generated token, which starts at the end of the text: drop it
-        n = sum(1 for o in offsets if int(o) < len(text)) if self._score_max_tokens else len(tokens)
+        n = sum(1 for o in got.offsets if o < len(text)) if self._score_max_tokens else len(got.tokens)
         n = max(n, 1)
-        tokens, token_lps, offsets = tokens[:n], token_lps[:n], [int(o) for o in offsets[:n]]
-        starts = np.minimum(np.asarray(offsets, dtype=np.int64), len(text))
-        ends = np.append(starts[1:], len(text))
-        ends = np.maximum(ends, starts)
-        if k and isinstance(tops, list):
-            top_ids, top_lps = _top_rows(tops[:n], k, self.token_map)
+        starts = np.minimum(np.asarray(got.offsets[:n], dtype=np.int64), len(text))
+        ends = np.maximum(np.append(starts[1:], len(text)), starts)
+        if k and got.top is not None:
+            top_ids, top_lps = top_arrays(got.top[:n], k, self.token_map)
         else:
             top_ids, top_lps = np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
-        lps = np.array([np.nan if v is None else float(v) for v in token_lps], dtype=np.float32)
         return ScoredText(
-            token_ids=parse_token_ids([str(t) for t in tokens], self.token_map),
+            token_ids=parse_token_ids(got.tokens[:n], self.token_map),
             offsets=np.stack([starts, ends], axis=1).reshape(-1, 2),
-            target_logprob=lps,
+            target_logprob=logprob_array(got.logprobs[:n]),
             topk_ids=top_ids,
             topk_logprobs=top_lps,
             entropy=np.full(n, np.nan, dtype=np.float32),
@@ -448,21 +465,19 @@ class OpenAIAdapter:
     def _score_tgi(self, text: str) -> ScoredText:
         got = self.client.post("/generate", {"inputs": text, "parameters": {
             "max_new_tokens": 1, "details": True, "decoder_input_details": True}}, root=True)
-        prefill = ((got or {}).get("details") or {}).get("prefill") if isinstance(got, dict) else None
-        if not isinstance(prefill, list) or not prefill:
+        prefill = tgi_prefill(got, self._route("/generate"))
+        if prefill is None:
             raise RemoteError(f"{self.name}: TGI answered /generate without prefill details")
-        pieces = [str(t.get("text", "")) for t in prefill]
-        joined = "".join(pieces)
-        lead = len(joined) - len(text)  # special tokens (BOS) whose text precedes the input
+        lead = len("".join(prefill.texts)) - len(text)  # special tokens (BOS) whose text precedes the input
         starts, pos = [], 0
-        for piece in pieces:
+        for piece in prefill.texts:
             starts.append(max(0, pos - max(lead, 0)))
             pos += len(piece)
         starts_a = np.minimum(np.asarray(starts, dtype=np.int64), len(text))
         ends = np.maximum(np.append(starts_a[1:], len(text)), starts_a)
-        n = len(prefill)
-        ids = np.array([int(t["id"]) if isinstance(t.get("id"), int) else UNKNOWN_ID for t in prefill], dtype=np.int64)
-        lps = np.array([np.nan if t.get("logprob") is None else float(t["logprob"]) for t in prefill], dtype=np.float32)
+        n = len(prefill.ids)
+        ids = np.array([UNKNOWN_ID if i is None else i for i in prefill.ids], dtype=np.int64)
+        lps = logprob_array(prefill.logprobs)
         lps[0] = np.nan
         return ScoredText(token_ids=ids, offsets=np.stack([starts_a, ends], axis=1), target_logprob=lps,
                           topk_ids=np.zeros((n, 0), np.int64), topk_logprobs=np.zeros((n, 0), np.float32),

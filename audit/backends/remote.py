@@ -2,8 +2,8 @@
 
 Such a model has no weights to hash and usually no tokenizer we can see. Two things follow:
 
-* its fingerprint names the endpoint (or the file's content) and the model name, never a key, and says
-  plainly that the weights are unknown;
+* its fingerprint names the endpoint (or the file's content), the model name and, for an API, what the
+  server said about itself when connected; never a key, and it says plainly that the weights are unknown;
 * token ids can be compared with another model's only through a local copy of its tokenizer that the
   user vouches for (``--teacher-tokenizer``). :class:`TokenMap` turns the token strings an API returns
   into that tokenizer's ids. Without one, the model's tokenizer fingerprint is unique to it, so detectors
@@ -13,9 +13,10 @@ Such a model has no weights to hash and usually no tokenizer we can see. Two thi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,19 +29,31 @@ TOKEN_ID_PREFIX = "token_id:"  # vLLM's return_tokens_as_token_ids form
 UNKNOWN_ID = -1  # a token string the local tokenizer cannot map; never equal to a real id
 
 
-def remote_fingerprint(kind: str, location: str, model: str, tokenizer_fp: str | None) -> dict[str, str]:
-    """Identity of a remote model: backend kind, where it is, its name, and its tokenizer when one is known.
+def remote_fingerprint(kind: str, location: str, model: str, tokenizer_fp: str | None,
+                       discovery: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Identity of a remote model: backend kind, where it is, its name, its tokenizer when one is known, and
+    what connecting to it found (``discovery``: the server's own description of the model, its routes and
+    capabilities, recorded as the sha256 ``"discovery"``).
 
-    The same endpoint and name give the same fingerprint on every run, so the inference cache answers
-    a restarted audit. What the server runs behind that name can change without notice; the request
-    transcript is the evidence of what it answered."""
-    model_id = hashlib.sha256(f"{kind}\0{location}\0{model}".encode()).hexdigest()
-    return {
+    The same endpoint, name and discovery give the same fingerprint on every run, so the inference cache
+    answers a restarted audit; a server replaced behind the same URL that describes itself differently is
+    another model to the cache. What the server runs behind an unchanged description can still change
+    without notice; the request transcript is the evidence of what it answered."""
+    seen = None
+    if discovery is not None:
+        canonical = json.dumps(discovery, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        seen = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    named = f"{kind}\0{location}\0{model}" + ("" if seen is None else f"\0{seen}")
+    model_id = hashlib.sha256(named.encode()).hexdigest()
+    out = {
         "model": hashlib.sha256(f"{model_id}\0{tokenizer_fp or ''}".encode()).hexdigest(),
         "weights": f"unknown ({kind}: weights not visible)",
         "tokenizer": tokenizer_fp or f"unknown:{model_id}",
         "format": kind,
     }
+    if seen is not None:
+        out["discovery"] = seen
+    return out
 
 
 class TokenMap:
@@ -107,7 +120,9 @@ class TokenMap:
 def _sent_id(token: str) -> int | None:
     """The id in vLLM's ``token_id:N`` form, or None."""
     rest = token[len(TOKEN_ID_PREFIX):]
-    return int(rest) if token.startswith(TOKEN_ID_PREFIX) and rest.isdigit() else None
+    # ASCII digits only (str.isdigit admits "²"), and few enough to fit an int64 id
+    ok = token.startswith(TOKEN_ID_PREFIX) and rest.isascii() and rest.isdigit() and len(rest) <= 18
+    return int(rest) if ok else None
 
 
 def parse_token_ids(tokens: Sequence[str], token_map: TokenMap | None) -> np.ndarray:
