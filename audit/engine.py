@@ -322,7 +322,8 @@ def check_answer(model: str, kind: str, value: object, text: str) -> None:
     Every answer passes here before it is cached or used, whichever backend produced it (an fp16 overflow in
     a local model, NaN from a server) and whether it was computed now or read back from the cache. By
     design the first token of a scored text has no prediction (NaN there), an API gives no entropy (all
-    NaN), a transcript without log-probs gives none for its tokens (all NaN), and a row of top-k alternatives may end in -inf where a server returned fewer than k."""
+    NaN), a transcript without log-probs gives none for its tokens (all NaN), and a row of top-k
+    alternatives may end in -inf where a server returned fewer than k."""
     problems: list[str] = []
     if isinstance(value, ScoredText):
         n = value.n_tokens

@@ -37,3 +37,10 @@ class ResultSchemaError(AuditError):
 
 class InvalidAnswerError(AuditError):
     """A model's answer cannot be evidence: non-finite or impossible numbers, inconsistent shapes."""
+
+
+class InvalidResultFileError(ResultSchemaError):
+    """A result file the user gave is not one this version reads: not JSON, another major schema version, or
+    not valid against the schema. A usage error, like any other malformed input file."""
+
+    exit_code = 2

@@ -49,17 +49,36 @@ def check_output_dir(out: Path, flag: str = "--out") -> Path:
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+_PROC_STATUS = "/proc/self/status"  # Linux: holds the process umask, read without changing it
+
+
+def current_umask() -> int:
+    """The process umask. Read from /proc where there is one; otherwise set and restored, briefly to the
+    strictest mask, so that a file another thread creates meanwhile is never more open than intended."""
+    try:
+        with open(_PROC_STATUS, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o777)
+    os.umask(old)
+    return old
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """One file, written whole or not at all (see :func:`write_together`)."""
+    write_together({path: text})
+
+
 
 
 def write_together(files: Mapping[Path, str]) -> None:
     """Write every file whole, or none of them: each goes to a temporary file beside its target (flushed to
     disk); only then are they renamed into place, and a failed rename puts back what the earlier ones
     replaced. Files get the mode a plain ``open`` would give them under the umask."""
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~current_umask()
     staged: list[tuple[str, Path]] = []
     moved: list[tuple[Path, str | None]] = []  # target, and where its previous version was put aside
     try:
@@ -72,8 +91,8 @@ def write_together(files: Mapping[Path, str]) -> None:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
-                os.fchmod(fh.fileno(), mode)
                 os.fsync(fh.fileno())
+                os.chmod(fh.fileno() if os.chmod in os.supports_fd else tmp, mode)
         for tmp, path in staged:
             backup = None
             if path.exists():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from markupsafe import Markup, escape
 
@@ -53,15 +53,39 @@ def p_in_words(p: float | None, alpha: float) -> str:
             "so they are not evidence of distillation.")
 
 
-_INVISIBLE = re.compile("[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+def is_hidden(ch: str) -> bool:
+    """A character a reader cannot see, or that changes how the text around it reads: controls (tab and
+    newline aside), format characters (zero-width, direction marks and overrides, tags), line and
+    paragraph separators (U+2028, U+2029), private-use, unassigned and surrogate code points. Spaces of
+    other widths (U+00A0, U+3000...) show as space and are left alone."""
+    return ch not in "\t\n" and not ch.isprintable() and unicodedata.category(ch) != "Zs"
+
+
+def show_hidden(text: str, show: Callable[[str], str]) -> str:
+    """``text`` with every hidden character (see :func:`is_hidden`) replaced by ``show(ch)``."""
+    if text.isprintable():
+        return text
+    return "".join(show(ch) if is_hidden(ch) else ch for ch in text)
+
+
+def code_point(ch: str) -> str:
+    return f"U+{ord(ch):04X}"
+
+
+def _code_point_html(ch: str) -> str:
+    return f'<span class="ctl" title="{unicodedata.name(ch, "control")}">{code_point(ch)}</span>'
+
+
+def visible(text: Any) -> Markup:
+    """Escape model or user text for a place that holds no markup (an SVG label, a tooltip): hidden characters
+    become their plain code points."""
+    return Markup(show_hidden(str(escape("" if text is None else str(text))), code_point))
 
 
 def untrusted(text: Any) -> Markup:
     """Escape model or user text, and show invisible and direction-changing characters as visible codes,
     so that no such text can reorder or hide what a reviewer reads."""
-    escaped = str(escape("" if text is None else str(text)))
-    return Markup(_INVISIBLE.sub(lambda m: f'<span class="ctl" title="{unicodedata.name(m.group(), "control")}">'
-                                           f"U+{ord(m.group()):04X}</span>", escaped))
+    return Markup(show_hidden(str(escape("" if text is None else str(text))), _code_point_html))
 
 
 def word_segments(teacher: str, other: str) -> list[dict[str, Any]]:
@@ -100,10 +124,16 @@ def bar_chart(rows: list[tuple[str, float, bool]], width: int = 560, bar_height:
     return {"width": width, "height": len(rows) * (bar_height + 6), "bars": bars, "zero": zero}
 
 
+def _sortable(value: float | None) -> float:
+    """A number for ordering: a missing or NaN value sorts below every real one."""
+    return value if value is not None and math.isfinite(value) else -math.inf
+
+
 def detector_chart(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
     d = evidence.get("details", {})
     if "reference_means" in d and "student_mean" in d:
-        closest = max(d["reference_means"], key=lambda k: (d["reference_means"][k], k)) if d["reference_means"] else None
+        closest = max(d["reference_means"], key=lambda k: (_sortable(d["reference_means"][k]), k)) \
+            if d["reference_means"] else None
         rows = [("student", d["student_mean"], True)]
         rows += [(name, v, False) for name, v in sorted(d["reference_means"].items())]
         chart = bar_chart(rows)
