@@ -384,3 +384,25 @@ def test_a_server_replaced_behind_the_same_url_is_another_model(llama_dir: Path)
     assert len({a["model"], b["model"], c["model"]}) == 3
     assert len({a["discovery"], b["discovery"], c["discovery"]}) == 3
     assert a["tokenizer"] != b["tokenizer"]  # without a local tokenizer the unknown one is the model's own
+
+
+# -- how long a cached API answer is trusted ----------------------------------------------------------------
+
+def test_cached_api_answers_are_used_within_their_lifetime_and_asked_again_after(fresh: Served,
+                                                                                  tmp_path: Path) -> None:
+    from audit.cache import InferenceCache
+    from audit.engine import Engine
+
+    remote = connect(fresh)
+    params = GenerateParams(max_new_tokens=4)
+    path = tmp_path / "cache.sqlite"
+    first = Engine(InferenceCache(path), remote_max_age=3600).generate(remote, PROMPTS[:3], params)
+
+    fresh.reset()
+    within = Engine(InferenceCache(path), remote_max_age=3600)
+    assert [g.text for g in within.generate(remote, PROMPTS[:3], params)] == [g.text for g in first]
+    assert within.stats.cache_hits == 3 and _completions_sent(fresh) == 0
+
+    refreshed = Engine(InferenceCache(path), remote_max_age=0.0)  # --refresh
+    refreshed.generate(remote, PROMPTS[:3], params)
+    assert refreshed.stats.cache_expired == 3 and refreshed.stats.computed == 3 and _completions_sent(fresh) == 3
