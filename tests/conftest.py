@@ -54,6 +54,17 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 3600) -> subproces
     )
 
 
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    """Assert the CLI failed the way a user must see it: exit ``code``, one error line holding ``needles``."""
+    assert proc.returncode == code, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("distill-audit: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """`distill-audit demo`, run once for the session: its output, its results and its models."""

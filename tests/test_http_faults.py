@@ -24,6 +24,7 @@ from audit.backends.http import HTTPSettings, RedirectError, RemoteError
 from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
 from audit.backends.wire import Route, chat_logprobs, completion_logprobs, parse_json, tgi_prefill
 from tests.conftest import cli
+from tests.conftest import one_line_error as _one_line_error
 from tests.test_backend_http import FAST, PROMPTS, Served, connect, serve
 
 SECRET = "sk-test-9c4e1b7d2a6f"
@@ -32,7 +33,7 @@ ROOMY = HTTPSettings(concurrency=1, timeout=600, max_retries=3, backoff_base=0.0
 
 
 @pytest.fixture(scope="module")
-def server(llama_dir: Path) -> Iterator[Served]:
+def server(llama_dir: Path) -> Iterator[Served]:  # one server for this module's tests, reset between them
     with serve(llama_dir) as s:
         yield s
 
@@ -45,16 +46,6 @@ def fresh(server: Served) -> Served:
 
 def _no_sleep(adapter: OpenAIAdapter) -> None:
     adapter.client._sleep = lambda seconds: None
-
-
-def _one_line_error(proc: Any, code: int, *needles: str) -> str:
-    assert proc.returncode == code, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("distill-audit: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _completions_sent(served: Served) -> int:

@@ -9,15 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli
-
-
-def _one_line_error(proc, code: int, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert proc.returncode == code, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("distill-audit: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from tests.conftest import one_line_error as _one_line_error
 
 
 @pytest.mark.parametrize(
