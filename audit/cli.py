@@ -200,6 +200,13 @@ def _remote_options(func: F) -> F:
                      help="Model name for each --reference-url, in the same order."),
         click.option("--reference-api-key-env", default=None, metavar="VAR",
                      help="Environment variable with the key of the --reference-url servers."),
+        click.option("--alternative-teacher-url", "alternative_urls", multiple=True, metavar="URL",
+                     help="An alternative teacher behind an OpenAI-compatible API (repeatable; pairs in order with "
+                          "--alternative-teacher-model)."),
+        click.option("--alternative-teacher-model", "alternative_models", multiple=True, metavar="NAME",
+                     help="Model name for each --alternative-teacher-url, in the same order."),
+        click.option("--alternative-teacher-api-key-env", default=None, metavar="VAR",
+                     help="Environment variable with the key of the --alternative-teacher-url servers."),
         click.option("--api", type=click.Choice(["auto", "completions", "chat"]), default="auto", show_default=True,
                      help="Which generation route of the APIs to use; auto: completions, else chat."),
         click.option("--api-concurrency", type=click.IntRange(min=1), default=4, show_default=True,
@@ -227,6 +234,14 @@ def _remote_options(func: F) -> F:
 @click.option("--reference", "references", multiple=True, metavar="PATH|ID|GGUF",
               help="An independent reference model of a similar class; repeat for each (at least 2; 6+ give the "
                    "panel test power). Include a model trained on the teacher's data if you have one.")
+@click.option("--alternative-teacher", "alternatives", multiple=True, metavar="PATH|ID|GGUF",
+              help="Another model that could have been the teacher (repeatable): a sibling run, the same family's "
+                   "other sizes, another vendor's model. The verdict then asks whether the student leans to the "
+                   "teacher over each one, and the report names the candidate the evidence points to.")
+@click.option("--alternative-teacher-transcript", "alternative_transcripts", multiple=True, metavar="JSONL",
+              type=click.Path(path_type=Path),
+              help="An alternative teacher known only from a transcript of its answers (repeatable; like "
+                   "--teacher-transcript, and its prompts must cover the probes).")
 @click.option("--probes", default=None,
               help="A built-in probe set's name, or a .txt/.jsonl file [default: 'default', or the transcript's "
                    "prompts with --teacher-transcript].")
@@ -306,7 +321,7 @@ def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
     from audit.backends.hf import LoadOptions
     from audit.backends.http import HTTPSettings
     from audit.backends.openai_compat import RemoteModel
-    from audit.spec import AuditSpec
+    from audit.spec import AuditSpec, TranscriptSource
 
     urls, names = kw.get("reference_urls", ()), kw.get("reference_models", ())
     if len(urls) != len(names):
@@ -314,12 +329,26 @@ def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
                          f"({len(urls)} URL(s), {len(names)} name(s))")
     remote_refs = tuple(RemoteModel(u, n, kw.get("reference_api_key_env"), None, kw.get("api") or "auto")
                         for u, n in zip(urls, names))
+    alt_urls, alt_names = kw.get("alternative_urls", ()), kw.get("alternative_models", ())
+    if len(alt_urls) != len(alt_names):
+        raise UsageError(f"each --alternative-teacher-url needs its --alternative-teacher-model, in the same order "
+                         f"({len(alt_urls)} URL(s), {len(alt_names)} name(s))")
+    if kw.get("alternative_teacher_api_key_env") and not alt_urls:
+        raise UsageError("--alternative-teacher-api-key-env is for alternative teachers behind an API "
+                         "(--alternative-teacher-url)")
+    alternatives = (
+        tuple(kw.get("alternatives", ()))
+        + tuple(RemoteModel(u, n, kw.get("alternative_teacher_api_key_env"), None, kw.get("api") or "auto")
+                for u, n in zip(alt_urls, alt_names))
+        + tuple(TranscriptSource(Path(t)) for t in kw.get("alternative_transcripts", ()))
+    )
     http = HTTPSettings(concurrency=kw.get("api_concurrency", 4), timeout=kw.get("api_timeout", 120.0),
                         max_retries=kw.get("api_retries", 6))
     return AuditSpec(
         teacher=_source(kw, "teacher"),
         student=_source(kw, "student"),
         references=tuple(kw["references"]) + remote_refs,
+        alternative_teachers=alternatives,
         http=http,
         transcript_dir=transcript_dir,
         probes=kw["probes"],

@@ -11,8 +11,8 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
-from audit import __version__
-from audit.aggregate import COMBINATIONS, verdict
+from audit import __version__, omnibus
+from audit.aggregate import COMBINATIONS, Verdict, primary_lines, verdict
 from audit.backends.base import Capability, GenerateParams, ModelAdapter
 from audit.backends.hf import HFAdapter, LoadOptions
 from audit.backends.restrict import ACCESS_MODES, restrict
@@ -44,14 +44,15 @@ def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _l
     from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
 
     role = name.split("-")[0]
+    flag = "--alternative-teacher" if role == "alternative" else f"--{role}"
     if isinstance(source, RemoteModel):
         transcript = spec.transcript_dir / f"{name}.jsonl" if spec.transcript_dir is not None else None
-        return OpenAIAdapter.connect(source, name, spec.http, transcript, flag=f"--{role}-url")
+        return OpenAIAdapter.connect(source, name, spec.http, transcript, flag=f"{flag}-url")
     if isinstance(source, TranscriptSource):
         from audit.backends.remote import TokenMap
         from audit.backends.transcript import TranscriptAdapter
 
-        token_map = TokenMap.load(source.tokenizer, f"--{role}-tokenizer") if source.tokenizer else None
+        token_map = TokenMap.load(source.tokenizer, f"{flag}-tokenizer") if source.tokenizer else None
         return TranscriptAdapter.load(source.path, name=name, token_map=token_map)
     return loader(source, spec.load, name)
 
@@ -186,8 +187,75 @@ def _run_detectors(detectors: Sequence[Detector], ctx: DetectorContext,
     return evidence, skipped
 
 
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    """What the detectors found for one student seat: the evidence (omnibus included), the skips, the
+    attribution among candidate teachers, and the verdict over the primary lines."""
+
+    evidence: list[Evidence]
+    skipped: list[dict[str, str]]
+    attribution: dict[str, Any]
+    verdict: Verdict
+
+
+def assess(detectors: Sequence[Detector], ctx: DetectorContext, alternatives: Sequence[tuple[ModelHandle, str]],
+           alpha: float, combination: str, warnings: Sequence[str] = (), teacher_source: str = "",
+           timings: dict[str, float] | None = None) -> Assessment:
+    """Run the detectors, combine the panel detectors into the omnibus test, run the omnibus components with
+    each alternative teacher in the teacher's seat (attribution), and give the verdict."""
+    evidence, skipped = _run_detectors(detectors, ctx, timings)
+    access = omnibus.access_of(ctx.teacher.adapter)
+    comp = omnibus.components(evidence, ctx, access)
+    omni = omnibus.omnibus_evidence(comp, ctx)
+    if omni is not None:
+        evidence.insert(0, omni)
+    candidates = []
+    t0 = time.perf_counter()
+    for handle, source in alternatives:
+        alt_ctx = dataclasses.replace(ctx, teacher=handle, teacher_logs=None, watermark=None)
+        alt_evidence, _ = _run_detectors([d for d in detectors if d.name in comp.tables], alt_ctx)
+        candidates.append(omnibus.Candidate(handle.name, "alternative", source,
+                                            omnibus.components(alt_evidence, alt_ctx, access)))
+    if timings is not None and alternatives:
+        timings["attribution"] = round(time.perf_counter() - t0, 3)
+    table = omnibus.attribution(omnibus.Candidate("teacher", "teacher", teacher_source, comp), candidates, ctx, alpha)
+    notes = list(warnings) + panel_warnings(omni, evidence, ctx, alpha, table)
+    return Assessment(evidence, skipped, table, verdict(evidence, alpha, notes, method=combination, attribution=table))
+
+
+def panel_warnings(omni: Evidence | None, evidence: Sequence[Evidence], ctx: DetectorContext, alpha: float,
+                   attribution: dict[str, Any]) -> list[str]:
+    """What the verdict must say about the panel: too few references for the omnibus to reach significance,
+    and attribution not tested."""
+    out = []
+    if omni is not None:
+        k = len(ctx.references)
+        m = len(primary_lines(evidence, attribution))
+        level = alpha / max(m, 1)
+        ref_means = list(omni.details["reference_means"].values())
+        needed = omnibus.references_needed(float(omni.details["student_mean"]), ref_means, level,
+                                           floor_sd=float(omni.details.get("panel_floor_sd", 0.0)))
+        if omni.details["panel_test_p_value"] >= level and (k < 4 or (needed is not None and needed > k)):
+            spread = (f"at the observed spread of the references, the student's omnibus excess would need about "
+                      f"{needed} references to reach alpha / {m} = {level:.2g}" if needed is not None else
+                      "at the observed spread of the references, no number of references would make the student's "
+                      "omnibus score significant")
+            out.append(f"Only {k} reference model(s): the panel test has {k - 1} degree(s) of freedom, so it needs the "
+                       f"student far outside the references' spread; {spread}. Add independent references of the "
+                       "student's class.")
+    if omni is not None and not attribution.get("tested"):
+        out.append(str(attribution["note"]))
+    logs = next((e for e in evidence if e.detector == "logged-vs-fresh"), None)
+    if logs is not None and not logs.details.get("calibrated", True):
+        out.append("logged-vs-fresh is not calibrated against references (it needs 2 that can score text): a shift "
+                   "between how the logged and the fresh answers were drawn, cut or post-processed would pass for "
+                   "membership. Give --reference models to calibrate it.")
+    return out
+
+
 def negative_controls(detectors: Sequence[Detector], ctx: DetectorContext, alpha: float,
-                      combination: str) -> tuple[list[dict[str, Any]], list[str]]:
+                      combination: str, alternatives: Sequence[tuple[ModelHandle, str]] = ()
+                      ) -> tuple[list[dict[str, Any]], list[str]]:
     """Each reference in the student's seat, audited against the teacher and the rest of the panel.
 
     A reference is independent of the teacher by choice, so any reference that comes out distilled shows
@@ -199,14 +267,14 @@ def negative_controls(detectors: Sequence[Detector], ctx: DetectorContext, alpha
         rest = ctx.references[:i] + ctx.references[i + 1 :]
         seat = ModelHandle("student", ref.name, ref.adapter)
         control_ctx = dataclasses.replace(ctx, student=seat, references=rest)
-        evidence, skipped = _run_detectors(detectors, control_ctx)
-        v = verdict(evidence, alpha, method=combination)
+        a = assess(detectors, control_ctx, alternatives, alpha, combination)
+        v = a.verdict
         results.append({
             "model": ref.name,
             "label": v.label,
             "p_value": v.p_value,
-            "p_values": {e.detector: e.p_value for e in evidence},
-            "skipped": skipped,
+            "p_values": {e.detector: e.p_value for e in a.evidence},
+            "skipped": a.skipped,
         })
         if v.label == "distilled":
             warnings.append(
@@ -298,8 +366,14 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
         ModelHandle("reference", f"reference-{i + 1}", connect(src, spec, f"reference-{i + 1}", loader))
         for i, src in enumerate(spec.references)
     )
+    alternatives = tuple(
+        ModelHandle("alternative", f"alternative-{i + 1}",
+                    restrict(connect(src, spec, f"alternative-{i + 1}", loader), spec.teacher_access))
+        for i, src in enumerate(spec.alternative_teachers)
+    )
+    alt_sources = tuple((h, describe_source(src)) for h, src in zip(alternatives, spec.alternative_teachers))
     load_seconds = time.perf_counter() - t_load
-    for h in (teacher, student, *references):
+    for h in (teacher, student, *references, *alternatives):
         if getattr(h.adapter, "runtime", {}).get("generate_api") == "chat":
             warnings.append(
                 f"{h.name} answered through a chat API (each probe sent as one user turn), while local models "
@@ -307,8 +381,12 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
             )
     if teacher.adapter.fingerprint["model"] == student.adapter.fingerprint["model"]:
         warnings.append("The teacher and the student are the same model (identical fingerprints).")
+    for h in alternatives:
+        if h.adapter.fingerprint["model"] == teacher.adapter.fingerprint["model"]:
+            warnings.append(f"{h.name} is the teacher itself (identical fingerprints): it cannot tell them apart.")
 
-    devices = [str(getattr(h.adapter, "runtime", {}).get("device", "cpu")) for h in (teacher, student, *references)]
+    devices = [str(getattr(h.adapter, "runtime", {}).get("device", "cpu"))
+               for h in (teacher, student, *references, *alternatives)]
     token_budget = spec.token_budget or default_token_budget(devices)
     engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress,
                     remote_max_age=spec.api_cache_ttl)
@@ -332,13 +410,15 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
             warnings.extend(duplicate_warnings(probe_set, None))
         ctx = DetectorContext(teacher, student, references, probe_set.prompts, spec.seed, engine, pairs,
                               watermark=watermark)
-        evidence, skipped = _run_detectors(detectors, ctx, detector_seconds)
+        assessment = assess(detectors, ctx, alt_sources, spec.alpha, spec.combination, warnings,
+                            describe_source(spec.teacher), detector_seconds)
+        evidence, skipped = assessment.evidence, assessment.skipped
         for item in skipped:
             log.warning("skipping %s: %s", item["detector"], item["reason"])
         if spec.negative_controls:
             ran = [d for d in detectors if d.name in {e.detector for e in evidence}]
             t0 = time.perf_counter()
-            controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination)
+            controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination, alt_sources)
             detector_seconds["negative_controls"] = round(time.perf_counter() - t0, 3)
             warnings.extend(control_warnings)
         chat_prompt = getattr(student.adapter, "chat_prompt", None)
@@ -346,12 +426,13 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
         if spec.teacher_names or chat:
             observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
     finally:
-        for h in (teacher, student, *references):
+        for h in (teacher, student, *references, *alternatives):
             close = getattr(getattr(h.adapter, "inner", h.adapter), "close", None)
             if callable(close):
                 close()
-    result_verdict = verdict(evidence, spec.alpha, warnings, method=spec.combination)
-    handles = [teacher, student, *references]
+    result_verdict = dataclasses.replace(assessment.verdict, warnings=tuple(warnings) + tuple(
+        w for w in assessment.verdict.warnings if w not in warnings))
+    handles = [teacher, student, *references, *alternatives]
     sources = [describe_source(s) for s in spec.sources]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -375,6 +456,7 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
         "watermark": watermark.to_dict() if watermark is not None else None,  # never the secret
         "evidence": [e.to_dict() for e in evidence],
         "skipped": skipped,
+        "attribution": assessment.attribution,
         "negative_controls": controls,
         "observations": observations,
         "verdict": result_verdict.to_dict(),

@@ -34,6 +34,9 @@ class AuditSpec:
     teacher: ModelSource
     student: ModelSource
     references: tuple[ModelSource, ...] = ()
+    # other models that could have been the teacher (a sibling run, the family's other sizes, another vendor):
+    # the verdict then asks whether the student leans to the teacher over each of them (attribution)
+    alternative_teachers: tuple[ModelSource, ...] = ()
     probes: str | None = "default"  # None: the transcript's prompts for a transcript teacher, else "default"
     n_probes: int | None = None
     seed: int = 0
@@ -61,7 +64,7 @@ class AuditSpec:
 
     @property
     def sources(self) -> tuple[ModelSource, ...]:
-        return (self.teacher, self.student, *self.references)
+        return (self.teacher, self.student, *self.references, *self.alternative_teachers)
 
     @property
     def remote(self) -> bool:
