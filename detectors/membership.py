@@ -8,11 +8,15 @@ to how independent models find it. Each model reads only the *other* models' wri
 (models find their own samples easy), with one rule for the student and the references alike, so they
 stay exchangeable under the null and the panel test applies.
 
-logged-vs-fresh (needs ``--teacher-logs``; no reference model at all): the student reads teacher answers
-that may have been used to train it (the log) and fresh teacher answers to the same prompts. If the
-student never saw the log, the two answers to a prompt are exchangeable for it, so the per-prompt
-difference of its scores is symmetric about zero and a one-sided Wilcoxon signed-rank test gives a
-p-value with no model-class assumption. Scores: loss, Min-K%++ (Zhang et al. 2024) and zlib-normalised
+logged-vs-fresh (needs ``--teacher-logs``): the student reads teacher answers that may have been used to
+train it (the log) and fresh teacher answers to the same prompts, and the per-prompt difference of its
+scores is the statistic. Logged and fresh answers can differ for reasons other than training (how each
+was drawn, cut or post-processed), so with 2 or more references the same paired difference is computed
+for every reference (they never saw the logs) and the student's is tested against theirs like a panel
+detector: a shift between the two answer sets is part of the null. With fewer references the raw
+one-sided Wilcoxon signed-rank test is used (valid only if the two answers to a prompt are exchangeable
+for a model that never saw the log), and the result says it is not calibrated.
+Scores: loss, Min-K%++ (Zhang et al. 2024) and zlib-normalised
 loss (Carlini et al. 2021); one is the test, chosen beforehand, the others are shown.
 """
 
@@ -28,7 +32,7 @@ from audit import stats
 from audit.backends.base import Capability, ScoredText
 from detectors import textsim
 from detectors.base import Detector, DetectorContext, Evidence
-from detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_sampling, top_gaps
+from detectors.panel import PANEL_NULL, PANEL_TEST, panel_evidence, suspects, teacher_sampling, top_gaps
 
 
 @dataclass(frozen=True)
@@ -150,13 +154,19 @@ def membership_scores(scored: ScoredText, prompt: str, completion: str, min_k_fr
 
 class LoggedVsFresh(Detector):
     name = "logged-vs-fresh"
-    summary = "The student finds logged teacher answers easier than fresh answers to the same prompts (paired, no references)"
+    summary = ("The student finds logged teacher answers easier than fresh answers to the same prompts, beyond what the "
+               "references show (paired; raw without 2 references)")
     requires = {"student": frozenset({Capability.SCORE, Capability.SCORE_TOPK})}
     needs_teacher_logs = True
     Params = LoggedParams
     null = (
         "The student never trained on the logged teacher answers: for each prompt, its score on the logged answer "
         "and on a fresh answer drawn the same way are exchangeable."
+    )
+    null_calibrated = (
+        "The student never trained on the logged teacher answers: its advantage on the logged answers over fresh "
+        "ones is no larger than an independent reference's (which never saw the logs), across prompts and across "
+        "the panel."
     )
 
     def run(self, ctx: DetectorContext) -> Evidence:
@@ -166,36 +176,77 @@ class LoggedVsFresh(Detector):
         margin = MARGINS[p.score] if math.isnan(p.margin) else p.margin
         pairs = ctx.teacher_logs
         assert pairs is not None  # the runner skips this detector without logs
-        logged_texts = [o.prompt + o.completion for o in pairs.logged]
-        fresh_texts = [o.prompt + o.completion for o in pairs.fresh]
-        logged_scored = ctx.score(ctx.student, logged_texts)
-        fresh_scored = ctx.score(ctx.student, fresh_texts)
-
-        lengths = [
-            min(_completion_positions(a, len(o.prompt)).size, _completion_positions(b, len(o.prompt)).size)
-            for a, b, o in zip(logged_scored, fresh_scored, pairs.logged)
-        ]
-
-        def table(scored: list[ScoredText], outputs: Any) -> dict[str, np.ndarray]:
-            rows = [membership_scores(s, o.prompt, o.completion, p.min_k_fraction, n)
-                    for s, o, n in zip(scored, outputs, lengths)]
-            return {name: np.array([r[name] for r in rows]) for name in SCORES}
-
-        logged, fresh = table(logged_scored, pairs.logged), table(fresh_scored, pairs.fresh)
-        per_score = {name: stats.paired_greater(logged[name], fresh[name]) for name in SCORES}
-        test = per_score[p.score]
-        diff = logged[p.score] - fresh[p.score]
-        diff = diff[np.isfinite(diff)]
+        need = self.requires["student"]
+        calibrators = [r for r in ctx.references if need <= r.adapter.capabilities]
+        calibrated = len(calibrators) >= 2 and len(calibrators) == len(ctx.references)
+        readers = [ctx.student, *(calibrators if calibrated else ())]
+        logged, fresh = {}, {}
+        for m in readers:
+            logged[m.name], fresh[m.name] = self._scores(ctx, m, pairs, p.min_k_fraction)
+        s_logged, s_fresh = logged[ctx.student.name], fresh[ctx.student.name]
+        per_score = {name: stats.paired_greater(s_logged[name], s_fresh[name]) for name in SCORES}
+        raw = per_score[p.score]
+        gap = s_logged[p.score] - s_fresh[p.score]  # per pair, NaN kept in place
+        diff = gap[np.isfinite(gap)]
+        details: dict[str, Any] = {
+            "score": p.score,
+            "calibrated": calibrated,
+            "uncalibrated_p_value": raw.p_value,
+            "other_scores_uncalibrated_p_value": {k: t.p_value for k, t in per_score.items() if k != p.score},
+            "mean_logged": {k: _nanmean(v) for k, v in s_logged.items()},
+            "mean_fresh": {k: _nanmean(v) for k, v in s_fresh.items()},
+            "per_pair_difference": [None if not np.isfinite(v) else round(float(v), 6) for v in gap],
+            "logs": pairs.to_dict(),
+        }
+        if calibrated:
+            gaps = {name: logged[name][p.score] - fresh[name][p.score] for name in logged}
+            cmp = stats.compare_to_panel(gaps[ctx.student.name], {r.name: gaps[r.name] for r in calibrators},
+                                         ctx.rng(self.name), margin=margin)
+            details.update(
+                calibration=("the same paired statistic for every reference (they never saw the logs), so a shift "
+                             "between how the logged and the fresh answers were drawn, cut or post-processed is part "
+                             "of the null; tested like a panel detector"),
+                reference_mean_difference={k: _nanmean(v) for k, v in gaps.items() if k != ctx.student.name},
+                student_mean_difference=_nanmean(gap),
+                per_reference_p_value={k: t.p_value for k, t in cmp.per_reference.items()},
+                prompt_test_p_value=cmp.p_prompts, panel_test_p_value=cmp.panel.p_value,
+            )
+            return Evidence(
+                detector=self.name,
+                test=("per logged prompt, the student's score on the logged answer minus on the fresh one (both scored "
+                      "on the same number of tokens), set against the same difference for every reference: " + PANEL_TEST),
+                null=self.null_calibrated,
+                statistic=cmp.panel.statistic,
+                statistic_name=f"panel prediction t ({cmp.panel.df} df)",
+                p_value=cmp.p_value,
+                effect_size=cmp.effect,
+                effect_size_name=(f"mean {p.score} advantage of the logged answers over fresh ones, beyond the reference "
+                                  f"with the largest such advantage ({cmp.closest})"),
+                ci_low=cmp.ci_low,
+                ci_high=cmp.ci_high,
+                ci_level=0.95,
+                n=cmp.n,
+                rules_out=bool(np.isfinite(cmp.ci_high) and cmp.ci_high < margin),
+                margin=margin,
+                planted_p_value=cmp.planted_p_value,
+                examples=self._examples(pairs, gap, p.n_examples),
+                details=details,
+            )
         ci_low, ci_high = stats.bootstrap_mean_ci(diff, ctx.rng(self.name))
         planted = stats.paired_greater(diff - diff.mean() + margin, np.zeros_like(diff)).p_value if diff.size else math.nan
+        details.update(
+            calibration=("not calibrated: fewer than 2 references can score the logs, so a shift between how the logged "
+                         "and the fresh answers were drawn, cut or post-processed would pass for membership"),
+            smallest_possible_p_value=0.5 ** diff.size if diff.size else 1.0,
+        )
         return Evidence(
             detector=self.name,
             test="one-sided Wilcoxon signed-rank test on per-prompt score differences (logged minus fresh), both "
-                 "answers of a pair scored on the same number of tokens",
+                 "answers of a pair scored on the same number of tokens (not calibrated against references)",
             null=self.null,
-            statistic=test.statistic,
+            statistic=raw.statistic,
             statistic_name="Wilcoxon W+",
-            p_value=test.p_value,
+            p_value=raw.p_value,
             effect_size=float(diff.mean()) if diff.size else math.nan,
             effect_size_name=f"mean {p.score} advantage of the logged answers over fresh ones (higher: more member-like)",
             ci_low=ci_low,
@@ -205,16 +256,27 @@ class LoggedVsFresh(Detector):
             rules_out=bool(np.isfinite(ci_high) and ci_high < margin),
             margin=margin,
             planted_p_value=planted,
-            examples=self._examples(pairs, logged[p.score] - fresh[p.score], p.n_examples),
-            details={
-                "score": p.score,
-                "other_scores_p_value": {k: t.p_value for k, t in per_score.items() if k != p.score},
-                "mean_logged": {k: _nanmean(v) for k, v in logged.items()},
-                "mean_fresh": {k: _nanmean(v) for k, v in fresh.items()},
-                "logs": pairs.to_dict(),
-                "smallest_possible_p_value": 0.5 ** diff.size if diff.size else 1.0,
-            },
+            examples=self._examples(pairs, gap, p.n_examples),
+            details=details,
         )
+
+    @staticmethod
+    def _scores(ctx: DetectorContext, model: Any, pairs: Any, min_k_fraction: float
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One model's membership scores on every logged and every fresh answer, per score name."""
+        logged_scored = ctx.score(model, [o.prompt + o.completion for o in pairs.logged])
+        fresh_scored = ctx.score(model, [o.prompt + o.completion for o in pairs.fresh])
+        lengths = [
+            min(_completion_positions(a, len(o.prompt)).size, _completion_positions(b, len(o.prompt)).size)
+            for a, b, o in zip(logged_scored, fresh_scored, pairs.logged)
+        ]
+
+        def table(scored: list[ScoredText], outputs: Any) -> dict[str, np.ndarray]:
+            rows = [membership_scores(s, o.prompt, o.completion, min_k_fraction, n)
+                    for s, o, n in zip(scored, outputs, lengths)]
+            return {name: np.array([r[name] for r in rows]) for name in SCORES}
+
+        return table(logged_scored, pairs.logged), table(fresh_scored, pairs.fresh)
 
     @staticmethod
     def _examples(pairs: Any, gap: np.ndarray, n: int) -> tuple[dict[str, Any], ...]:
