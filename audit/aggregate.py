@@ -180,12 +180,13 @@ def _beyond_margin(lines: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _pointing_to_alternative(attribution: Mapping[str, Any] | None, alpha: float) -> dict[str, Any] | None:
-    """The alternative the student is closest to, when it is closer to it than to the teacher and more like it
-    than independent models are at ``alpha``."""
+    """The alternative the student is closest to, when the student is more like it than independent models are
+    and leans to it over the teacher beyond the panel, both at ``alpha``."""
     if not attribution:
         return None
     closest = attribution.get("closest")
     for row in attribution.get("candidates", ()):
-        if row.get("name") == closest and row.get("role") == "alternative" and row.get("p_value", 1.0) < alpha:
+        if (row.get("name") == closest and row.get("role") == "alternative" and row.get("p_value", 1.0) < alpha
+                and (row.get("towards_alternative_p_value") or 1.0) < alpha):
             return dict(row)
     return None

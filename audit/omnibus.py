@@ -242,6 +242,7 @@ def attribution(teacher: Candidate, alternatives: Sequence[Candidate], ctx: Dete
             "p_value": cmp.p_value,
             "versus_teacher_p_value": None,
             "versus_teacher_effect": None,
+            "towards_alternative_p_value": None,
             "common_components": None,
         }
         if cand.role == "alternative":
@@ -252,10 +253,12 @@ def attribution(teacher: Candidate, alternatives: Sequence[Candidate], ctx: Dete
                 lean = {m: lean_t[m] - lean_a[m] for m in lean_t}
                 vs = stats.compare_to_panel(lean[s_name], {r: lean[r] for r in refs},
                                             ctx.rng(f"attribution/lean/{cand.name}"))
+                back = stats.compare_to_panel(-lean[s_name], {r: -lean[r] for r in refs},
+                                              ctx.rng(f"attribution/towards/{cand.name}"))
                 row.update(versus_teacher_p_value=vs.p_value, versus_teacher_effect=_finite(vs.effect),
-                           common_components=common)
+                           towards_alternative_p_value=back.p_value, common_components=common)
             else:
-                row.update(versus_teacher_p_value=1.0, common_components=[])
+                row.update(versus_teacher_p_value=1.0, towards_alternative_p_value=1.0, common_components=[])
         rows.append(row)
     ranked = [r for r in rows if r["panel_t"] is not None]
     closest = max(ranked, key=lambda r: (r["panel_t"], r["role"] == "teacher"))["name"] if ranked else None
@@ -264,11 +267,9 @@ def attribution(teacher: Candidate, alternatives: Sequence[Candidate], ctx: Dete
     if lean_p < alpha:
         note = (f"The student leans to the teacher over every alternative beyond what independent models show "
                 f"(largest p = {lean_p:.2g}); of the candidates, the evidence points to the teacher.")
-    elif closest is not None and closest != "teacher":
-        t_close, t_teacher = _row(rows, closest)["panel_t"], _row(rows, "teacher")["panel_t"]
-        versus = f"{t_teacher:.2f}" if t_teacher is not None else "none"
-        note = (f"The student is closer to {closest} than to the teacher (panel t {t_close:.2f} against {versus} "
-                f"for the teacher); the evidence does not point to the teacher.")
+    elif closest is not None and closest != "teacher" and (_row(rows, closest)["towards_alternative_p_value"] or 1.0) < alpha:
+        note = (f"The student leans to {closest} over the teacher beyond what independent models show (p = "
+                f"{_row(rows, closest)['towards_alternative_p_value']:.2g}); the evidence does not point to the teacher.")
     else:
         note = (f"The student does not lean to the teacher over every alternative beyond what independent models show "
                 f"(largest p = {lean_p:.2g}): the data cannot tell the teacher from the alternatives.")
@@ -283,6 +284,7 @@ def _empty_row(cand: Candidate, why: str) -> dict[str, Any]:
     return {"name": cand.name, "role": cand.role, "source": cand.source, "components": [], "student_score": None,
             "reference_mean": None, "excess": None, "panel_t": None, "p_value": 1.0,
             "versus_teacher_p_value": 1.0 if cand.role == "alternative" else None, "versus_teacher_effect": None,
+            "towards_alternative_p_value": 1.0 if cand.role == "alternative" else None,
             "common_components": [], "why": why}
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 
 import jinja2
 
+from reports.charts import number
 from reports.view import build_view, code_point, show_hidden, untrusted, visible
 
 
@@ -28,6 +29,7 @@ def template_environment(finalize: Callable[[Any], Any] | None = None) -> jinja2
         finalize=finalize,
     )
     env.filters["pvalue"] = _p_value
+    env.filters["num"] = number
     env.filters["untrusted"] = untrusted
     env.filters["visible"] = visible
     env.filters["md"] = markdown_text

@@ -1,5 +1,6 @@
-"""What a report shows, computed from the result document: plain-language sentences, chart geometry,
-highlighted example words. Templates only lay it out.
+"""What a report shows, computed from the result document: plain-language sentences, the summary of the
+primary lines and the attribution table, highlighted example words (chart geometry: :mod:`reports.charts`).
+Templates only lay it out.
 
 Everything that came from a model or a user file stays a plain string here; the templates escape it
 (autoescape) and the ``untrusted`` filter makes invisible control characters visible.
@@ -13,6 +14,8 @@ import unicodedata
 from typing import Any, Callable, Mapping
 
 from markupsafe import Markup, escape
+
+from reports.charts import detector_chart, finite, forest_plot, heat_map, histogram, number
 
 PLAIN_LABEL = {
     "distilled": "The evidence says the student was distilled from the teacher.",
@@ -38,6 +41,24 @@ GLOSSARY = (
     ("Bonferroni", "Multiplying the smallest p-value by the number of detectors, so that running many "
                    "tests does not make a false alarm more likely."),
     ("fingerprint", "A hash of a model's weights and tokenizer: the same fingerprint means the same model."),
+)
+BONFERRONI_PRIMARY = ("Bonferroni", "Multiplying the smallest p-value by the number of primary lines of evidence, so "
+                                    "that running several tests does not make a false alarm more likely.")
+PRIMARY_GLOSSARY = (
+    ("primary line of evidence", "One of the few independent tests the verdict rests on (the combined panel test, "
+                                 "logged against fresh answers, the watermark, the weights). The correction for "
+                                 "running several tests is made over these only; every other detector is "
+                                 "supporting evidence."),
+    ("adjusted p-value", "A primary line's p-value after the correction over the primary lines; compare it with "
+                         "alpha."),
+    ("panel omnibus", "The panel detectors put on one scale (per prompt, each model's rank among the student and "
+                      "the references, averaged over the detectors) and tested once against the reference panel."),
+)
+ATTRIBUTION_GLOSSARY = (
+    ("attribution", "Which of several candidate teachers the student is most like, each judged against the same "
+                    "reference panel; it tells the teacher apart from a sibling trained on similar data."),
+    ("excess", "The student's score towards a candidate minus the closest reference's, on the omnibus scale "
+               "(0 to 1)."),
 )
 
 
@@ -105,92 +126,112 @@ def word_segments(teacher: str, other: str) -> list[dict[str, Any]]:
     return out
 
 
-def bar_chart(rows: list[tuple[str, float, bool]], width: int = 560, bar_height: int = 18) -> dict[str, Any]:
-    """Geometry of a horizontal bar chart: (label, value, highlighted) per bar, scaled to the largest value."""
-    finite = [v for _, v, _ in rows if v is not None and math.isfinite(v)]
-    lo = min([0.0, *finite])
-    hi = max([0.0, *finite]) or 1.0
-    span = (hi - lo) or 1.0
-    label_w, plot_w = 150, width - 150 - 70
-    bars = []
-    for i, (label, value, highlight) in enumerate(rows):
-        v = value if value is not None and math.isfinite(value) else 0.0
-        x0 = label_w + plot_w * (min(v, 0.0) - lo) / span
-        x1 = label_w + plot_w * (max(v, 0.0) - lo) / span
-        bars.append({"label": label, "value": value, "x": round(x0, 2), "w": round(max(x1 - x0, 1.0), 2),
-                     "y": i * (bar_height + 6), "h": bar_height, "highlight": highlight,
-                     "text_x": round(x1 + 6, 2)})
-    zero = round(label_w + plot_w * (0.0 - lo) / span, 2)
-    return {"width": width, "height": len(rows) * (bar_height + 6), "bars": bars, "zero": zero}
+def _glossary(result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The glossary, with the terms of the primary lines and of attribution where the result has them."""
+    if "primary" not in result["verdict"]:
+        return GLOSSARY
+    terms = tuple(t if t[0] != "Bonferroni" else BONFERRONI_PRIMARY for t in GLOSSARY) + PRIMARY_GLOSSARY
+    return terms + ATTRIBUTION_GLOSSARY if "attribution" in result else terms
 
 
-def _sortable(value: float | None) -> float:
-    """A number for ordering: a missing or NaN value sorts below every real one."""
-    return value if value is not None and math.isfinite(value) else -math.inf
+def primary_rows(verdict: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The verdict's primary lines of evidence as the summary table shows them (all keys present)."""
+    alpha = float(verdict["alpha"])
+    rows = []
+    for line in verdict.get("primary") or ():
+        adjusted = finite(line.get("adjusted_p_value"))
+        low, high = finite(line.get("ci_low")), finite(line.get("ci_high"))
+        rows.append({
+            "name": str(line.get("line") or line.get("detector") or ""),
+            "detector": str(line.get("detector") or line.get("line") or ""),
+            "description": str(line.get("description") or ""),
+            "p_value": finite(line.get("p_value")),
+            "adjusted_p_value": adjusted,
+            "significant": adjusted is not None and adjusted < alpha,
+            # the omnibus line with alternatives: its p is the larger of these two (intersection-union)
+            "panel_p_value": finite(line.get("panel_p_value")),
+            "attribution_p_value": finite(line.get("attribution_p_value")),
+            "effect": number(line.get("effect_size")),
+            "effect_size_name": str(line.get("effect_size_name") or ""),
+            "ci": f"{number(low)} to {number(high)}" if low is not None and high is not None else None,
+            "margin": number(line.get("margin")) if finite(line.get("margin")) is not None else None,
+        })
+    return rows
 
 
-def detector_chart(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
-    d = evidence.get("details", {})
-    if "reference_means" in d and "student_mean" in d:
-        closest = max(d["reference_means"], key=lambda k: (_sortable(d["reference_means"][k]), k)) \
-            if d["reference_means"] else None
-        rows = [("student", d["student_mean"], True)]
-        rows += [(name, v, False) for name, v in sorted(d["reference_means"].items())]
-        chart = bar_chart(rows)
-        chart["caption"] = (f"Mean {d.get('statistic', 'similarity')} per model; higher is more teacher-like. "
-                            f"Closest reference: {closest}.")
-        return chart
-    if "mean_logged" in d and "mean_fresh" in d:
-        score = d.get("score", "loss")
-        chart = bar_chart([("logged answers", d["mean_logged"].get(score), True),
-                           ("fresh answers", d["mean_fresh"].get(score), False)])
-        chart["caption"] = (f"The student's mean {score} score (higher: more like training data) on the logged "
-                            "and on fresh teacher answers to the same prompts.")
-        return chart
-    return None
+def lead_view(verdict: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The summary the report leads with: one row per primary line, and the forest plot. None for results
+    written before the verdict named its primary lines (schema 1.2 and older)."""
+    if "primary" not in verdict:
+        return None
+    lines = list(verdict.get("primary") or ())
+    return {"lines": primary_rows(verdict), "forest": forest_plot(lines) if lines else None}
 
 
-def heat_map(heat: Mapping[str, Any], cell: int = 46) -> dict[str, Any]:
-    """Geometry of a layer-by-layer CKA heat map: rows are the model's layers, columns the teacher's. Opacity
-    spreads the grid's own range (CKA values of trained models bunch together), the value is written in
-    each cell, and the best cell is outlined."""
-    rows, cols = list(heat["layers"]), list(heat["teacher_layers"])
-    left, top = 70, 34
-    best = tuple(heat.get("best", ()))
-    values = [float(v) for row in heat["cka"] for v in row if v is not None and math.isfinite(float(v))]
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    cells = []
-    for a, layer in enumerate(rows):
-        for b, t_layer in enumerate(cols):
-            v = heat["cka"][a][b]
-            value = float(v) if v is not None and math.isfinite(float(v)) else math.nan
-            shade = 0.15 + 0.85 * ((value - lo) / (hi - lo) if hi > lo and math.isfinite(value) else 1.0)
-            cells.append({"x": left + b * cell, "y": top + a * cell, "w": cell - 2, "h": cell - 2,
-                          "opacity": round(shade, 3), "value": value, "best": (layer, t_layer) == best,
-                          "text_x": left + b * cell + 6, "text_y": top + a * cell + cell // 2 + 4})
-    return {"width": max(left + len(cols) * cell + 10, 200), "height": top + len(rows) * cell + 4, "cells": cells,
-            "cell": cell, "left": left, "top": top,
-            "row_labels": [{"y": top + a * cell + cell // 2 + 4, "text": f"layer {layer}"} for a, layer in enumerate(rows)],
-            "col_labels": [{"x": left + b * cell + cell // 2 - 4, "text": str(t)} for b, t in enumerate(cols)],
-            "caption": f"Linear CKA between the student's hidden-state layers (rows) and the teacher's (columns; layer "
-                       f"n is the output of block n-1), from {lo:.3f} (light) to {hi:.3f} (dark); the outlined cell is "
-                       "the pair the test uses."}
+def attribution_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The attribution table: every candidate teacher, the closest marked; None when the result has none."""
+    table = result.get("attribution")
+    if not isinstance(table, Mapping):
+        return None
+    closest = table.get("closest")
+    rows = []
+    for c in table.get("candidates") or ():
+        rows.append({
+            "name": str(c.get("name") or ""), "role": str(c.get("role") or ""), "source": str(c.get("source") or ""),
+            "student_score": finite(c.get("student_score")), "reference_mean": finite(c.get("reference_mean")),
+            "excess": finite(c.get("excess")), "panel_t": finite(c.get("panel_t")),
+            "p_value": finite(c.get("p_value")), "versus_teacher_p_value": finite(c.get("versus_teacher_p_value")),
+            "alternative": c.get("role") == "alternative", "why": str(c.get("why") or ""),
+            "closest": closest is not None and c.get("name") == closest,
+        })
+    tested = bool(table.get("tested"))
+    note = str(table.get("note") or "")
+    if not note and not tested:
+        note = "Attribution among candidate teachers was not tested."
+    return {"tested": tested, "note": note, "closest": closest, "rows": rows,
+            "versus_teacher_p_value": finite(table.get("versus_teacher_p_value")),
+            "attributed_to": result["verdict"].get("attributed_to")}
+
+
+def omnibus_facts(details: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the omnibus panel test combined, and how: its components, access mode and scale."""
+    if "components" not in details or "scale" not in details:
+        return None
+    left_out = details.get("components_left_out")
+    return {"components": [str(c) for c in details.get("components") or ()], "access": details.get("access"),
+            "scale": str(details["scale"]),
+            "left_out": sorted((str(k), str(v)) for k, v in left_out.items()) if isinstance(left_out, Mapping) else []}
+
+
+def differences_histogram(details: Mapping[str, Any]) -> dict[str, Any] | None:
+    if "per_pair_difference" not in details:
+        return None
+    what = f"logged-minus-fresh {details.get('score', 'membership')} score"
+    return histogram(details["per_pair_difference"], what) or {"empty": True, "caption": (
+        f"The student's {what} per prompt pair: no pair has a finite value, so there is nothing to draw.")}
 
 
 def build_view(result: Mapping[str, Any]) -> dict[str, Any]:
     verdict = result["verdict"]
     alpha = float(verdict["alpha"])
+    primary = {str(line.get("detector") or line.get("line")): row
+               for line, row in zip(verdict.get("primary") or (), primary_rows(verdict))}
     cards = []
     for e in result.get("evidence", []):
+        details = e.get("details", {})
         cards.append({
             "e": e,
             "significant": e["p_value"] is not None and e["p_value"] < alpha,
             "chart": detector_chart(e),
-            "heat": heat_map(e["details"]["heatmaps"]["student"])
-            if "student" in e.get("details", {}).get("heatmaps", {}) else None,
-            "lineage": e.get("details", {}).get("lineage"),
+            "heat": heat_map(details["heatmaps"]["student"]) if "student" in details.get("heatmaps", {}) else None,
+            "lineage": details.get("lineage"),
             "adjusted": verdict.get("holm_adjusted_p_values", {}).get(e["detector"]),
             "powered": e["detector"] in verdict.get("powered_detectors", []),
+            "primary": primary.get(e["detector"]),
+            "omnibus": omnibus_facts(details),
+            "histogram": differences_histogram(details),
+            "calibrated": details.get("calibrated"),
+            "calibration": details.get("calibration"),
         })
     examples = []
     for e in result.get("evidence", []):
@@ -208,9 +249,11 @@ def build_view(result: Mapping[str, Any]) -> dict[str, Any]:
         "verdict": verdict,
         "plain": PLAIN_LABEL.get(verdict["label"], ""),
         "p_words": p_in_words(verdict.get("p_value"), alpha),
+        "lead": lead_view(verdict),
+        "attribution": attribution_view(result),
         "cards": cards,
         "examples": examples,
-        "glossary": GLOSSARY,
+        "glossary": _glossary(result),
         "teacher": next((m for m in result.get("models", []) if m["role"] == "teacher"), None),
         "student": next((m for m in result.get("models", []) if m["role"] == "student"), None),
     }

@@ -71,11 +71,11 @@ def test_power_is_judged_at_the_per_line_level() -> None:
     assert v.label == "inconclusive"
 
 
-def _attribution(lean: float, closest: str, alt_p: float) -> dict[str, object]:
+def _attribution(lean: float, closest: str, alt_p: float, towards: float = 0.001) -> dict[str, object]:
     return {"tested": True, "closest": closest, "versus_teacher_p_value": lean, "note": "n",
             "candidates": [{"name": "teacher", "role": "teacher", "source": "t", "p_value": 0.001},
                            {"name": "alternative-1", "role": "alternative", "source": "./sibling", "p_value": alt_p,
-                            "versus_teacher_p_value": lean}]}
+                            "versus_teacher_p_value": lean, "towards_alternative_p_value": towards}]}
 
 
 def test_with_alternatives_the_omnibus_also_needs_the_student_to_lean_to_the_teacher() -> None:
@@ -88,6 +88,9 @@ def test_with_alternatives_the_omnibus_also_needs_the_student_to_lean_to_the_tea
     assert "./sibling" in sibling.summary and "not to the teacher" in sibling.summary
     undecided = verdict([_ev(OMNI, 0.001)], 0.01, attribution=_attribution(0.4, "teacher", 0.2))
     assert undecided.label == "inconclusive" and undecided.attributed_to is None
+    # closest to the alternative by a hair, without a significant lean to it: no one is named
+    hair = verdict([_ev(OMNI, 0.001)], 0.01, attribution=_attribution(0.4, "alternative-1", 0.001, towards=0.3))
+    assert hair.label == "inconclusive" and hair.attributed_to is None
     # the logs speak for the teacher itself: a sibling cannot have written the teacher's logged answers
     logs = verdict([_ev(OMNI, 0.001), _ev(LOGS, 0.0001)], 0.01, attribution=_attribution(0.4, "alternative-1", 0.0005))
     assert logs.label == "distilled" and logs.attributed_to == "teacher"

@@ -46,7 +46,9 @@ def test_html_report_has_every_section_and_is_byte_stable(result: dict[str, Any]
                     "Method and limits", "Reproducibility", "Glossary"):
         assert heading in html
     assert html.count("<article class=\"card") >= len(result["evidence"])
-    assert html.count("<svg") == len(result["evidence"])  # one chart per detector
+    lead = 1 if result["verdict"].get("primary") else 0  # the forest plot of the primary lines (schema 1.3)
+    histograms = sum(any(v is not None for v in e["details"].get("per_pair_difference") or ()) for e in result["evidence"])
+    assert html.count("<svg") == len(result["evidence"]) + lead + histograms  # one chart per detector, and those
     assert result["models"][0]["fingerprint"]["model"] in html and result["probe_sets"][0]["hash"] in html
     assert "<mark>" in html  # agreeing words highlighted in the examples
 
@@ -270,3 +272,250 @@ def test_render_writes_nothing_when_the_output_cannot_be_written(tmp_path: Path)
     out = CliRunner().invoke(main, ["render", str(path), "-o", str(tmp_path / "afile" / "report.html")])
     assert out.exit_code == 1 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "result.json"]
+
+
+# -- schema 1.3: the report leads with the answer (primary lines, forest plot, attribution) ---------------------
+
+ATTRIBUTION_NOT_TESTED = ("Attribution among teachers trained on similar data was not tested: no alternative teacher was "
+                          "given (--alternative-teacher).")
+
+
+def _primary_line(line: str, p: float, adjusted: float, effect: float | None, low: float | None, high: float | None,
+                  margin: float | None) -> dict[str, Any]:
+    return {"line": line, "detector": line, "description": f"What {line} tests, in one sentence.", "p_value": p,
+            "adjusted_p_value": adjusted, "effect_size": effect, "effect_size_name": f"{line} effect",
+            "ci_low": low, "ci_high": high, "margin": margin}
+
+
+def _with_primary(doc: dict[str, Any], tested: bool = True, differences: list[float | None] | None = None
+                  ) -> dict[str, Any]:
+    """A copy of a 1.0-1.2 result with the schema 1.3 fields, built here: the verdict's primary lines, attribution
+    among candidate teachers, a panel-omnibus evidence entry and the logged-vs-fresh per-pair differences."""
+    r = copy.deepcopy(doc)
+    r["schema_version"] = "1.3"
+    r["verdict"]["primary"] = [
+        _primary_line("panel-omnibus", 2e-4, 6e-4, 0.2, 0.15, 0.25, 0.1),  # 2 margins, CI 1.5 to 2.5 margins
+        _primary_line("logged-vs-fresh", 3e-6, 1.2e-5, 0.05, 0.03, 0.08, 0.1),
+        _primary_line("watermark-radioactivity", 0.4, 0.8, None, None, None, 0.5),  # not estimable
+        _primary_line("weight-lineage", 0.9, 0.9, 0.3, 0.1, 0.5, None),  # no margin
+    ]
+    r["verdict"]["attributed_to"] = "teacher"  # a distilled verdict names the teacher, tested against others or not
+    if tested:
+        r["attribution"] = {
+            "tested": True, "closest": "teacher", "versus_teacher_p_value": 0.003,
+            "note": "The student leans to the teacher over every alternative beyond what independent models show.",
+            "candidates": [
+                {"name": "teacher", "role": "teacher", "source": "demo/teacher", "student_score": 0.81,
+                 "reference_mean": 0.42, "excess": 0.27, "panel_t": 5.1, "p_value": 0.0004,
+                 "versus_teacher_p_value": None},
+                {"name": "alternative-1", "role": "alternative", "source": "demo/sibling", "student_score": 0.55,
+                 "reference_mean": 0.47, "excess": 0.02, "panel_t": 0.9, "p_value": 0.21,
+                 "versus_teacher_p_value": 0.003},
+            ]}
+    else:
+        r["attribution"] = {"tested": False, "closest": None, "candidates": [], "note": ATTRIBUTION_NOT_TESTED}
+        r["verdict"]["warnings"] = [ATTRIBUTION_NOT_TESTED]  # as the audit writes it: the note is a warning too
+    base = next(e for e in r["evidence"] if e["detector"] == "next-token-agreement")
+    omnibus = copy.deepcopy(base)
+    omnibus.update(detector="panel-omnibus", effect_size=0.2, ci_low=0.15, ci_high=0.25, margin=0.1, p_value=2e-4,
+                   examples=[])
+    omnibus["details"] = {"statistic": "omnibus rank share", "access": "gray",
+                          "components": ["next-token-agreement", "top-k-overlap", "text-word-agreement"],
+                          "components_left_out": {"js-divergence": "gave no per-prompt values for every model"},
+                          "scale": "per detector and prompt, the student and every reference ranked by teacher-likeness",
+                          "student_mean": 0.81, "reference_means": {"ref-a": 0.42, "ref-b": 0.4}}
+    r["evidence"].insert(0, omnibus)
+    logged = next(e for e in r["evidence"] if e["detector"] == "logged-vs-fresh")
+    if differences is None:
+        differences = [round(0.05 + 0.1 * ((i * 37) % 101 - 50) / 50, 6) for i in range(997)] + [None, None, None]
+    logged["details"].update(per_pair_difference=differences, calibrated=True,
+                             reference_mean_difference={"ref-a": 0.004, "ref-b": -0.01})
+    return r
+
+
+@pytest.fixture()
+def fixed() -> dict[str, Any]:
+    return json.loads((DATA / "fixed-result.json").read_text(encoding="utf-8"))
+
+
+def _svg(html: str, cls: str) -> str:
+    svgs = re.findall(r'<svg class="chart ' + cls + r'".*?</svg>', html, flags=re.S)
+    assert len(svgs) == 1, f"{len(svgs)} {cls} charts"
+    return svgs[0]
+
+
+def test_a_1_3_result_is_valid_and_the_summary_leads_before_the_cards(fixed: dict[str, Any]) -> None:
+    from audit.result import schema_problem
+
+    doc = _with_primary(fixed)
+    assert schema_problem(doc) is None
+    html = render_html(doc)
+    assert html == render_html(copy.deepcopy(doc))  # byte-stable
+    verdict, table = html.index('aria-label="verdict"'), html.index('id="primary-lines"')
+    forest, attribution = html.index('<svg class="chart forest"'), html.index('id="attribution-table"')
+    cards = html.index('<article class="card')
+    assert verdict < table < forest < attribution < cards
+    rows = re.findall(r"<tr><td><strong>(.*?)</strong>", html[table:forest])
+    assert rows == ["panel-omnibus", "logged-vs-fresh", "watermark-radioactivity", "weight-lineage"]
+    lead = html[table:forest]
+    assert "0.0006" in lead and "0.200 (0.150 to 0.250)" in lead and "no margin" in lead  # numbers from the result
+    assert "What panel-omnibus tests, in one sentence." in lead and "(no interval)" in lead
+    # the panel-omnibus card says what it combined and how
+    card = html[html.index("<h3>panel-omnibus"):]
+    card = card[:card.index("</article>")]
+    assert "next-token-agreement, top-k-overlap, text-word-agreement" in card and "ranked by teacher-likeness" in card
+    assert "js-divergence: gave no per-prompt values" in card and "adjusted over the primary lines 0.0006" in card
+
+
+def test_the_forest_plot_draws_each_line_relative_to_its_margin(fixed: dict[str, Any]) -> None:
+    svg = _svg(render_html(_with_primary(fixed)), "forest")
+    assert "effect in units of its margin" in svg and "<title" in svg and 'role="img"' in svg and "<desc" in svg
+    rows = re.findall(r'<g class="forest-row">(.*?)</g>', svg, flags=re.S)
+    assert len(rows) == 4  # one row per primary line, plotted or not
+    zero = float(re.search(r'<line x1="([\d.]+)"[^>]*class="zero"', svg).group(1))
+    margin = float(re.search(r'<line x1="([\d.]+)"[^>]*class="margin"', svg).group(1))
+    assert margin > zero  # the margin line at 1, right of zero
+    cx = float(re.search(r'<circle cx="([\d.]+)"', rows[0]).group(1))
+    assert cx == pytest.approx(zero + 2.0 * (margin - zero), abs=0.02)  # effect 0.2 / margin 0.1 = 2 margins
+    ci = re.search(r'<line x1="([\d.]+)" y1="[\d.]+" x2="([\d.]+)"[^>]*class="ci"', rows[0])
+    assert float(ci.group(1)) == pytest.approx(zero + 1.5 * (margin - zero), abs=0.02)
+    assert float(ci.group(2)) == pytest.approx(zero + 2.5 * (margin - zero), abs=0.02)
+    assert "<circle" in rows[1] and "0.50× margin" in rows[1]
+    for row, why in ((rows[2], "not estimable"), (rows[3], "no margin")):
+        assert "<circle" not in row and 'class="ci"' not in row and why in row  # said, not plotted
+
+
+def test_the_forest_plot_keeps_non_finite_values_off_the_chart() -> None:
+    from reports.charts import forest_plot
+
+    plot = forest_plot([{"line": "a", "effect_size": float("nan"), "margin": 0.1, "ci_low": 0.0, "ci_high": 1.0},
+                        {"line": "b", "effect_size": 0.1, "margin": 0.0, "ci_low": 0.0, "ci_high": 0.2},
+                        {"line": "c", "effect_size": float("inf"), "margin": 0.1, "ci_low": None, "ci_high": None},
+                        {"line": "d", "effect_size": -0.05, "margin": -0.1, "ci_low": -0.08, "ci_high": 0.01}])
+    a, b, c, d = plot["rows"]
+    assert [r["status"] for r in (a, b, c)] == ["not estimable", "no margin", "not estimable"]
+    assert all(r["cx"] is None and r["x_low"] is None for r in (a, b, c))
+    assert d["x"] == pytest.approx(0.5) and (d["low"], d["high"]) == pytest.approx((-0.1, 0.8))  # a negative margin
+    assert "1 of 4 lines plotted" in plot["caption"]
+
+
+def test_the_attribution_table_marks_the_closest_candidate(fixed: dict[str, Any]) -> None:
+    html = render_html(_with_primary(fixed))
+    start = html.index('id="attribution-table"')
+    table = html[start:html.index("</table>", start)]
+    closest = re.findall(r'<tr class="closest"><td>(.*?)</td>', table)
+    assert len(closest) == 1 and closest[0].startswith("teacher (teacher) <strong>closest</strong>")
+    assert "alternative-1 (alternative)" in table and "0.810" in table and "0.270" in table and "0.21<" in table
+    assert "(the teacher)" in table  # the teacher is not tested against itself
+    assert "The student leans to the teacher over every alternative" in html
+    assert "attributes the student to: <strong>teacher</strong>" in html
+
+
+def test_the_not_tested_attribution_note_is_a_visible_warning(fixed: dict[str, Any]) -> None:
+    from reports import render_summary
+
+    html = render_html(_with_primary(fixed, tested=False))
+    notice = re.search(r'<div class="notice" role="note"><p><strong>Not tested:</strong> (.*?)</p></div>', html)
+    assert notice and notice.group(1) == ATTRIBUTION_NOT_TESTED
+    assert html.index('class="notice"') < html.index('<article class="card')
+    assert 'id="attribution-table"' not in html  # no candidates, no empty table
+    assert "attributes the student to: <strong>teacher</strong>, only because no other candidate was tested." in html
+    md = render_markdown(_with_primary(fixed, tested=False))
+    assert md.count("> **Warning:** Attribution among teachers trained on similar data was not tested") == 1
+    text = render_summary(_with_primary(fixed, tested=False), "out/result.json")
+    assert text.count("Attribution among teachers trained on similar data was not tested") == 1
+
+
+def test_the_logged_vs_fresh_card_shows_the_distribution_of_differences(fixed: dict[str, Any]) -> None:
+    doc = _with_primary(fixed)
+    values = next(e for e in doc["evidence"] if e["detector"] == "logged-vs-fresh")["details"]["per_pair_difference"]
+    finite = [v for v in values if v is not None]
+    svg = _svg(render_html(doc), "hist")
+    counts = [int(c) for c in re.findall(r'data-count="(\d+)"', svg)]
+    assert sum(counts) == len(finite) == 997 and len(counts) > 5
+    assert 'class="zero"' in svg and 'class="mean"' in svg and "<title>" in svg
+    assert f"mean {sum(finite) / len(finite):.3f}" in svg and "3 pairs without a finite value not shown" in svg
+    zero = float(re.search(r'<line x1="([\d.]+)"[^>]*class="zero"', svg).group(1))
+    mean = float(re.search(r'<line x1="([\d.]+)"[^>]*class="mean"', svg).group(1))
+    assert mean > zero  # the mean difference is positive
+
+
+def test_the_histogram_bins_every_finite_value_once() -> None:
+    from reports.charts import histogram
+
+    values: list[Any] = [3.0] * 7 + [None, "x", True, float("nan")]
+    h = histogram(values, "difference")
+    assert h is not None and sum(b["count"] for b in h["bins"]) == 7 and h["missing"] == 4
+    assert h["bins"][-1]["count"] == 7 and h["low"] == 0.0  # the range includes zero; the largest value is binned
+    assert histogram([None, None], "difference") is None
+    wide = histogram([(-1.0) ** i * i for i in range(5000)], "difference")
+    assert wide is not None and len(wide["bins"]) == 40 and sum(b["count"] for b in wide["bins"]) == 5000
+
+
+def test_a_logged_vs_fresh_card_with_no_finite_difference_says_so(fixed: dict[str, Any]) -> None:
+    html = render_html(_with_primary(fixed, differences=[None, None]))
+    assert '<svg class="chart hist"' not in html and "no pair has a finite value" in html
+
+
+def test_hostile_attribution_source_and_notes_are_inert(fixed: dict[str, Any]) -> None:
+    doc = _with_primary(fixed)
+    doc["attribution"]["candidates"][1]["source"] = HOSTILE
+    doc["attribution"]["note"] = HOSTILE
+    doc["verdict"]["primary"][0]["description"] = HOSTILE
+    doc["verdict"]["primary"][1]["line"] = HOSTILE  # drawn in the forest plot's SVG text
+    doc["verdict"]["primary"][1]["effect_size_name"] = HOSTILE
+    for variant in (doc, _with_primary(fixed, tested=False)):
+        if variant is not doc:
+            variant["attribution"]["note"] = HOSTILE
+        html = render_html(variant)
+        lowered = html.lower()
+        assert "<script" not in lowered and "<img" not in lowered and "<a href" not in lowered
+        assert not re.search(r"<[^>]*onerror", lowered) and html.count("</style>") == 1
+        assert not any(ch in html for ch in "\u202e\u200b\u2028\u2029") and "U+202E" in html
+        md = render_markdown(variant)
+        assert not re.search(r"(?<!\\)<(script|img|a )", md) and "\u202e" not in md and "U+202E" in md
+        _inert_markdown(md)
+    forest = _svg(render_html(doc), "forest")
+    assert "&lt;script&gt;" in forest and "<span" not in forest  # SVG text holds no markup: code points as text
+
+
+def test_every_string_of_an_edited_1_3_result_is_inert(fixed: dict[str, Any]) -> None:
+    from audit.result import schema_problem
+
+    plain = _with_primary(fixed)
+    doc = _edited(plain)
+    for line, kept in zip(doc["verdict"]["primary"], plain["verdict"]["primary"]):
+        line["line"] = kept["line"]  # the schema pins the line names and the candidates' roles
+    for row, kept in zip(doc["attribution"]["candidates"], plain["attribution"]["candidates"]):
+        row["role"] = kept["role"]
+    assert schema_problem(doc) is None
+    html = render_html(doc)
+    assert "<img" not in html.lower() and not any(ch in html for ch in HIDDEN)
+    _inert_markdown(render_markdown(doc))
+
+
+def test_markdown_and_text_summaries_lead_with_the_primary_lines(fixed: dict[str, Any]) -> None:
+    from reports import render_summary
+
+    doc = _with_primary(fixed)
+    md = render_markdown(doc)
+    assert md.startswith("## distill-audit: **DISTILLED**")
+    primary, detectors = md.index("| primary line |"), md.index("| detector |")
+    assert primary < md.index("Attribution:") < detectors
+    assert "| panel-omnibus | 0.0002 | 0.0006 | 0.200 (0.150 to 0.250) | 0.100 |" in md
+    assert "| weight-lineage | 0.9 | 0.9 | 0.300 (0.100 to 0.500) | no margin |" in md
+    assert "closest candidate: teacher" in md
+    assert all(len(_unescaped("|", line)) == 6 for line in md.splitlines() if line.startswith("|"))
+    text = render_summary(doc, "out/result.json")
+    assert text.index("primary lines") < text.index("attribution:") < text.index("  next-token-agreement: p =")
+    assert "panel-omnibus: p = 0.0002 (adjusted 0.0006), effect 0.200 (95% CI 0.150 to 0.250), margin 0.100" in text
+    assert "closest candidate teacher" in text
+
+
+def test_a_1_2_result_without_the_new_fields_still_leads_with_the_verdict(fixed: dict[str, Any]) -> None:
+    html = render_html(fixed)
+    assert 'id="primary-lines"' not in html and "forest" not in html and 'id="attribution-table"' not in html
+    assert 'class="notice"' not in html and '<svg class="chart hist"' not in html
+    assert html.index('aria-label="verdict"') < html.index("<h2>Evidence, detector by detector</h2>")
+    md = render_markdown(fixed)
+    assert "primary line" not in md and "Attribution" not in md and md.startswith("## distill-audit: **DISTILLED**")
