@@ -129,6 +129,15 @@ class Engine:
         self.remote_max_age = remote_max_age
         self.stats = EngineStats()
         self._memo: dict[str, object] = {}
+        self._derived: dict[tuple[object, ...], object] = {}
+
+    def derived(self, key: tuple[object, ...], compute: Callable[[], T]) -> T:
+        """A value computed from inference results, kept for the rest of this audit (e.g. per-answer membership
+        scores that the negative controls ask for again). ``key`` must name everything the value depends on:
+        the model's fingerprint and the inputs."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]  # type: ignore[return-value]
 
     # -- public batch calls ------------------------------------------------------------------------
     def score(self, adapter: ModelAdapter, texts: Sequence[str]) -> list[ScoredText]:

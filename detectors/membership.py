@@ -263,7 +263,16 @@ class LoggedVsFresh(Detector):
     @staticmethod
     def _scores(ctx: DetectorContext, model: Any, pairs: Any, min_k_fraction: float
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """One model's membership scores on every logged and every fresh answer, per score name."""
+        """One model's membership scores on every logged and every fresh answer, per score name (computed once per
+        audit: the negative controls ask for the same model's scores again)."""
+        fp, hashes = model.adapter.fingerprint, pairs.to_dict()
+        key = ("membership-scores", fp["model"], fp.get("numerics"), ctx.engine.score_top_k,
+               hashes["logged_hash"], hashes["fresh_hash"], min_k_fraction)
+        return ctx.engine.derived(key, lambda: LoggedVsFresh._compute_scores(ctx, model, pairs, min_k_fraction))
+
+    @staticmethod
+    def _compute_scores(ctx: DetectorContext, model: Any, pairs: Any, min_k_fraction: float
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         logged_scored = ctx.score(model, [o.prompt + o.completion for o in pairs.logged])
         fresh_scored = ctx.score(model, [o.prompt + o.completion for o in pairs.fresh])
         lengths = [
