@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,13 @@ def user_errors(func: F) -> F:
         except AuditError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            _fail("interrupted; finished inference is cached, re-run the same command to resume", EXIT_INTERRUPTED)
+            click.echo("distill-audit: error: interrupted; finished inference is cached, re-run the same command to "
+                       "resume", err=True)
+            # exit now: a request thread still blocked on a hung server would otherwise hold the interpreter's
+            # exit (it joins worker threads) until its timeout. Every cache write is already committed.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         except OSError as exc:  # disk full, permissions on the output folder, ...
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(f"{where}{exc.strerror or exc}", EXIT_ERROR)

@@ -410,6 +410,10 @@ class JSONClient:
         resp: http.client.HTTPResponse | None = None
         try:
             conn.request(method, path, body=payload, headers=headers)
+            if self._aborted.is_set():
+                # abort() came while this thread was opening its socket (it shuts only the sockets it sees):
+                # do not wait for an answer the audit no longer wants
+                raise RemoteError(f"{self.name}: stopped (the audit was interrupted or another request failed)")
             resp = conn.getresponse()
             raw = self._read_body(resp, watchdog)
         except BaseException as exc:
