@@ -149,6 +149,13 @@ def components(evidence: Sequence[Evidence], ctx: DetectorContext, access: str) 
             left_out[name] = "gave no per-prompt values for every model"
             continue
         tables[name] = t
+    if not tables:
+        # none of the mode's components ran (the user chose other detectors with --detector, or the models do not
+        # allow them): the panel detectors that did run are the pre-registered set, chosen before any data
+        for e in evidence:
+            t = per_prompt(e, models, len(ctx.prompts)) if e.detector != NAME else None
+            if t is not None:
+                tables[e.detector] = t
     return Components(access, tables, left_out)
 
 

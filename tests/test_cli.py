@@ -52,7 +52,9 @@ def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> No
     assert ps["n"] == 100 and len(ps["hash"]) == 64
     from detectors import REGISTRY
 
-    assert {e["detector"] for e in r["evidence"]} | {s["detector"] for s in r["skipped"]} == set(REGISTRY)
+    # every detector ran or says why not, and the omnibus panel test combines the panel detectors (first)
+    assert r["evidence"][0]["detector"] == "panel-omnibus"
+    assert {e["detector"] for e in r["evidence"][1:]} | {s["detector"] for s in r["skipped"]} == set(REGISTRY)
     # the demo gives every detector what it needs, logs included, except a watermark key: its teacher's
     # answers were not watermarked
     assert {s["detector"] for s in r["skipped"]} <= {"watermark-radioactivity"}
@@ -66,7 +68,8 @@ def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> No
     assert r["teacher_logs"]["pairs"] > 1000 and len(r["teacher_logs"]["logged_hash"]) == 64
     controls = r["negative_controls"]
     assert [c["model"] for c in controls] == [f"reference-{i}" for i in range(1, 7)]
-    assert all(c["label"] != "distilled" and set(c["p_values"]) == ran for c in controls)
+    assert all(c["label"] != "distilled" and set(c["p_values"]) == ran | {"panel-omnibus"} for c in controls)
+    assert [line["line"] for line in r["verdict"]["primary"]] == ["panel-omnibus", "logged-vs-fresh", "weight-lineage"]
     for key in ("seed", "dtype", "device", "token_budget"):
         assert key in r["settings"]
     assert r["timings"]["total_seconds"] > 0 and r["environment"]["torch"]
@@ -151,7 +154,10 @@ def test_black_box_teacher_runs_the_text_detectors_and_says_why_the_rest_are_ski
     r = _audit(demo_run, tmp_path, "--teacher-access", "black")
     ran = {e["detector"] for e in r["evidence"]}
     assert ran == {"text-word-agreement", "text-edit-similarity", "idiosyncrasy-text", "teacher-text-likelihood",
-                   "logged-vs-fresh"}
+                   "logged-vs-fresh", "panel-omnibus"}
+    omnibus = next(e for e in r["evidence"] if e["detector"] == "panel-omnibus")
+    assert omnibus["details"]["access"] == "black"
+    assert omnibus["details"]["components"] == ["teacher-text-likelihood", "text-edit-similarity"]
     reasons = {s["detector"]: s["reason"] for s in r["skipped"]}
     assert "generate-topk" in reasons["next-token-agreement"] and "teacher" in reasons["next-token-agreement"]
     assert r["models"][0]["capabilities"] == ["generate"] and r["models"][0]["runtime"]["access"] == "black-box"

@@ -77,6 +77,6 @@ def test_an_audit_against_llamacpp_server_runs(llama_server: str, tmp_path: Path
                "--no-negative-controls", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert {e["detector"] for e in result["evidence"]} == {"text-word-agreement", "text-edit-similarity"}
+    assert {e["detector"] for e in result["evidence"]} == {"text-word-agreement", "text-edit-similarity", "panel-omnibus"}
     assert result["models"][0]["runtime"]["backend"] == "openai-compatible"
     assert os.path.exists(result["models"][0]["runtime"]["transcript"])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from audit import omnibus, stats
+from detectors.base import Evidence
 
 
 def _fpr_bound(alpha: float, n_sim: int) -> float:
@@ -143,3 +145,21 @@ def test_references_needed_grows_with_the_spread() -> None:
     from scipy import stats as sps
 
     assert sps.t.sf(t, df=k - 1) < 0.005 <= sps.t.sf((1.0 - 0.1) / (sd * math.sqrt(1 + 1 / (k - 1))), df=k - 2)
+
+
+def _evidence(name: str, per_prompt: dict[str, list[float]]) -> Evidence:
+    return Evidence(detector=name, test="t", null="n.", statistic=0.0, statistic_name="s", p_value=0.5, effect_size=0.0,
+                    effect_size_name="e", ci_low=0.0, ci_high=0.0, ci_level=0.95, n=3, rules_out=False,
+                    details={"per_prompt": per_prompt})
+
+
+def test_components_are_the_modes_set_and_fall_back_to_what_the_user_chose() -> None:
+    ctx = SimpleNamespace(student=SimpleNamespace(name="student"), references=(SimpleNamespace(name="r1"),
+                          SimpleNamespace(name="r2")), prompts=("a", "b", "c"))
+    values = {"student": [0.1, 0.2, 0.3], "r1": [0.0, 0.1, 0.2], "r2": [0.2, None, 0.1]}
+    evidence = [_evidence("text-word-agreement", values), _evidence("teacher-text-likelihood", values)]
+    chosen = omnibus.components(evidence, ctx, "black")  # type: ignore[arg-type]
+    assert chosen.names == ("teacher-text-likelihood",)  # text-word-agreement is not in the black set
+    assert chosen.left_out == {"text-edit-similarity": "did not run on these models"}
+    fallback = omnibus.components(evidence[:1], ctx, "gray")  # type: ignore[arg-type]
+    assert fallback.names == ("text-word-agreement",)  # none of gray's ran: what ran is combined
