@@ -96,8 +96,11 @@ def test_identical_inputs_give_an_identical_result(demo_run: dict[str, Any], tmp
 def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str, Any], tmp_path: Path) -> None:
     probes = demo_run["out"] / "demo-probes.txt"
     cache = tmp_path / "cache"
-    # A small token budget makes many small batches, so the kill lands mid-way.
-    args = _run_args(demo_run["models"], probes, tmp_path / "out", "--cache-dir", str(cache), "--batch-tokens", "40")
+    # A small token budget makes many small batches, so the kill lands mid-way. The omnibus components (not the
+    # logs test, whose calibration has every reference score 3,000 logged answers in 40-token batches) keep it short.
+    chosen = ("next-token-agreement", "top-k-overlap", "js-divergence", "idiosyncrasy-tokens", "teacher-text-likelihood")
+    args = _run_args(demo_run["models"], probes, tmp_path / "out", "--cache-dir", str(cache), "--batch-tokens", "40",
+                     "--no-negative-controls", *[a for d in chosen for a in ("--detector", d)])
     proc = subprocess.Popen([sys.executable, "-m", "audit", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = cache / "inference-v1.sqlite"
@@ -124,7 +127,8 @@ def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str
     stats = result["inference"]
     assert stats["cache_hits"] >= rows and 0 < stats["computed"] < stats["requested"]
     # Another batch size (--batch-tokens 40) changes float rounding in the last digits, nothing more.
-    _assert_json_close(result["evidence"], demo_run["distilled"]["evidence"])
+    kept = {*chosen, "panel-omnibus"}
+    _assert_json_close(result["evidence"], [e for e in demo_run["distilled"]["evidence"] if e["detector"] in kept])
 
 
 def _assert_json_close(a: Any, b: Any, rel: float = 1e-3, path: str = "") -> None:
