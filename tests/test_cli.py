@@ -175,7 +175,9 @@ def test_cauchy_combination_is_chosen_and_recorded(demo_run: dict[str, Any], tmp
                "--detector", "top-k-overlap", "--no-negative-controls")
     v = r["verdict"]
     assert v["combination"] == "cauchy" and r["settings"]["combination"] == "cauchy"
-    assert v["p_value"] == pytest.approx(stats.cauchy_combination([e["p_value"] for e in r["evidence"]]), rel=1e-6)
+    # the verdict combines the primary lines only (here the omnibus over the two detectors), not every detector
+    assert [line["detector"] for line in v["primary"]] == ["panel-omnibus"]
+    assert v["p_value"] == pytest.approx(stats.cauchy_combination([line["p_value"] for line in v["primary"]]), rel=1e-6)
     assert r["negative_controls"] == []
 
 
