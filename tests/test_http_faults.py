@@ -8,7 +8,6 @@ the cache. Timing checks are generous hang guards only: these run on slow, busy 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import sqlite3
@@ -23,6 +22,7 @@ from audit.backends.base import GenerateParams
 from audit.backends.http import HTTPSettings, RedirectError, RemoteError
 from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
 from audit.backends.wire import Route, chat_logprobs, completion_logprobs, parse_json, tgi_prefill
+from audit.cache import unpack_arrays
 from tests.conftest import cli
 from tests.conftest import one_line_error as _one_line_error
 from tests.test_backend_http import FAST, PROMPTS, Served, connect, serve
@@ -78,15 +78,13 @@ def _cache_values(db: Path) -> Iterator[bytes]:
 
 
 def _array_text(blob: bytes) -> str:
-    """All string and bytes content of a cached numpy archive, as text."""
+    """All string and bytes content of a cached value, as text."""
     parts: list[str] = []
-    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        for name in data.files:
-            arr = data[name]
-            if arr.dtype.kind == "U":
-                parts.extend(str(x) for x in arr.ravel().tolist())
-            elif arr.dtype.kind == "S":
-                parts.extend(x.decode("utf-8", "replace") for x in arr.ravel().tolist())
+    for arr in unpack_arrays(blob).values():
+        if arr.dtype.kind == "U":
+            parts.extend(str(x) for x in arr.ravel().tolist())
+        elif arr.dtype.kind == "S":
+            parts.extend(x.decode("utf-8", "replace") for x in arr.ravel().tolist())
     return "\n".join(parts)
 
 
