@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from audit.backends.base import Capability, GenerateParams, Generation, ModelAda
 from audit.engine import Engine
 from audit.logs import LogPairs
 from audit.watermark import WatermarkInputs
+
+T = TypeVar("T")
 
 
 class DetectorSkipped(Exception):
@@ -85,6 +87,17 @@ class DetectorContext:
 
     def generate(self, model: ModelHandle, prompts: Sequence[str], params: GenerateParams) -> list[Generation]:
         return self.engine.generate(model.adapter, prompts, params)
+
+    def memo(self, what: object, model: ModelHandle, compute: Callable[[], T]) -> T:
+        """A per-model value that depends only on the teacher, that model, the prompts and the seed (not on which
+        seat the model sits in, nor on the other models), computed once per audit: the negative controls and the
+        attribution runs ask for the same model's values again. ``what`` names the rest it depends on (the
+        detector and its parameters)."""
+        t, m = self.teacher.adapter, model.adapter
+        key = ("per-model", what, t.fingerprint.get("model"), t.fingerprint.get("numerics"), frozenset(t.capabilities),
+               m.fingerprint.get("model"), m.fingerprint.get("numerics"), frozenset(m.capabilities),
+               self.prompts, self.seed, self.engine.score_top_k)
+        return self.engine.derived(key, compute)
 
     def rng(self, detector: str) -> np.random.Generator:
         """A generator seeded by (run seed, detector name): detectors do not disturb each other's draws."""

@@ -15,6 +15,7 @@ Each detector gives, per prompt, one similarity per model; the test is the panel
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -62,14 +63,17 @@ class _TokenLevel(Detector):
         p: TokenParams = self.params
         shared = teacher_steps(ctx, p.max_new_tokens, p.temperature)
         continuations, steps = shared.continuations, shared.steps
-        values: dict[str, np.ndarray] = {}
-        for name, scored in shared.scored.items():
-            per_prompt = np.full(len(steps), np.nan)
+
+        def per_prompt(scored: list[Any]) -> np.ndarray:
+            out = np.full(len(steps), np.nan)
             for i, (s, c, pos) in enumerate(zip(scored, continuations, steps)):
                 if pos is not None:
                     sim = self.step_similarity(c.topk_ids, c.topk_logprobs, s.topk_ids[pos], s.topk_logprobs[pos])
-                    per_prompt[i] = float(np.mean(sim))
-            values[name] = per_prompt
+                    out[i] = float(np.mean(sim))
+            return out
+
+        values = {m.name: ctx.memo((self.name, p), m, functools.partial(per_prompt, shared.scored[m.name]))
+                  for m in suspects(ctx)}
 
         def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
             return [
@@ -205,9 +209,12 @@ class _TextLevel(Detector):
         params = greedy(ctx, p.max_new_tokens)
         teacher = [g.text for g in ctx.generate(ctx.teacher, ctx.prompts, params)]
         outputs: dict[str, list[str]] = {m.name: [g.text for g in ctx.generate(m, ctx.prompts, params)] for m in suspects(ctx)}
-        values = {
-            name: np.array([self.similarity(t, o) for t, o in zip(teacher, texts)]) for name, texts in outputs.items()
-        }
+
+        def similarities(texts: list[str]) -> np.ndarray:
+            return np.array([self.similarity(t, o) for t, o in zip(teacher, texts)])
+
+        values = {m.name: ctx.memo((self.name, p), m, functools.partial(similarities, outputs[m.name]))
+                  for m in suspects(ctx)}
 
         def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
             return [
