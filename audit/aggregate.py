@@ -25,11 +25,11 @@ Labels:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from audit import stats
+from audit.stats import finite_or_none
 from detectors.base import Evidence
 
 OMNIBUS = "panel-omnibus"
@@ -86,10 +86,6 @@ def combine(p_values: Sequence[float], method: str) -> float:
     raise ValueError(f"unknown combination {method!r}; known: {', '.join(COMBINATIONS)}")
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 def primary_lines(evidence: Sequence[Evidence], attribution: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """The primary lines among ``evidence``; the omnibus line's p-value also needs the student to lean to the
     teacher over every alternative (intersection-union) when alternatives were tested."""
@@ -106,9 +102,9 @@ def primary_lines(evidence: Sequence[Evidence], attribution: Mapping[str, Any] |
             line["panel_p_value"] = p
             line["attribution_p_value"] = lean
             p = stats.intersection_union([p, lean])
-        line.update(p_value=p, effect_size=_finite(e.effect_size), effect_size_name=e.effect_size_name,
-                    ci_low=_finite(e.ci_low), ci_high=_finite(e.ci_high), margin=_finite(e.margin),
-                    planted_p_value=_finite(e.planted_p_value), rules_out=e.rules_out)
+        line.update(p_value=p, effect_size=finite_or_none(e.effect_size), effect_size_name=e.effect_size_name,
+                    ci_low=finite_or_none(e.ci_low), ci_high=finite_or_none(e.ci_high), margin=finite_or_none(e.margin),
+                    planted_p_value=finite_or_none(e.planted_p_value), rules_out=e.rules_out)
         lines.append(line)
     return lines
 

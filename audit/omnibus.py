@@ -38,7 +38,7 @@ from scipy import stats as sps
 from audit import stats
 from audit.backends.base import Capability, ModelAdapter
 from detectors.base import DetectorContext, Evidence
-from detectors.panel import PANEL_TEST
+from detectors.panel import PANEL_TEST, comparison_evidence, round_list
 
 NAME = "panel-omnibus"
 # Smallest excess over the most teacher-like reference counted as distillation, in omnibus units (robust spreads
@@ -170,24 +170,14 @@ def omnibus_evidence(comp: Components, ctx: DetectorContext) -> Evidence | None:
     usable = np.isfinite(student) & np.logical_and.reduce([np.isfinite(v) for v in refs.values()])
     excess = (student - refs[cmp.closest])[usable]
     floor_sd = float(excess.std(ddof=1) / math.sqrt(excess.size)) if excess.size > 1 else 0.0
-    return Evidence(
-        detector=NAME,
+    return comparison_evidence(
+        NAME, cmp,
         test=("one pre-registered test: the component detectors' per-prompt teacher-likeness put on one scale "
               "(standardized by the robust spread between the suspect models, averaged over the detectors), then " + PANEL_TEST),
         null=("The student is no more teacher-like than an independent model on the combined scale: no higher than "
               "the most teacher-like reference across prompts, or within the spread of the reference panel."),
-        statistic=cmp.panel.statistic,
-        statistic_name=f"panel prediction t ({cmp.panel.df} df)",
-        p_value=cmp.p_value,
-        effect_size=cmp.effect,
         effect_size_name=f"mean omnibus excess (in spreads between models) over the most teacher-like reference ({cmp.closest})",
-        ci_low=cmp.ci_low,
-        ci_high=cmp.ci_high,
-        ci_level=0.95,
-        n=cmp.n,
-        rules_out=bool(np.isfinite(cmp.ci_high) and cmp.ci_high < MARGIN),
         margin=MARGIN,
-        planted_p_value=cmp.planted_p_value,
         details={
             "statistic": "omnibus score (spreads between models)",
             "access": comp.access,
@@ -195,17 +185,10 @@ def omnibus_evidence(comp: Components, ctx: DetectorContext) -> Evidence | None:
             "components_left_out": dict(comp.left_out),
             "pre_registered_components": list(COMPONENTS[comp.access]),
             "scale": SCALE,
-            "student_mean": cmp.student_mean,
-            "reference_means": cmp.reference_means,
-            "per_reference_p_value": {k: t.p_value for k, t in cmp.per_reference.items()},
-            "prompt_test_p_value": cmp.p_prompts,
-            "panel_test_p_value": cmp.panel.p_value,
             "panel_floor_sd": floor_sd,
-            "per_prompt": {k: _round_list(v) for k, v in scores.items()},
+            "per_prompt": {k: round_list(v) for k, v in scores.items()},
         },
     )
-
-
 
 
 @dataclass(frozen=True)
@@ -242,10 +225,10 @@ def attribution(teacher: Candidate, alternatives: Sequence[Candidate], ctx: Dete
         row = {
             "name": cand.name, "role": cand.role, "source": cand.source,
             "components": list(cand.comp.names),
-            "student_score": _finite(cmp.student_mean),
-            "reference_mean": _finite(float(np.mean(list(cmp.reference_means.values())))),
-            "excess": _finite(cmp.effect),
-            "panel_t": _finite(cmp.panel.statistic),
+            "student_score": stats.finite_or_none(cmp.student_mean),
+            "reference_mean": stats.finite_or_none(float(np.mean(list(cmp.reference_means.values())))),
+            "excess": stats.finite_or_none(cmp.effect),
+            "panel_t": stats.finite_or_none(cmp.panel.statistic),
             "p_value": cmp.p_value,
             "versus_teacher_p_value": None,
             "versus_teacher_effect": None,
@@ -262,7 +245,7 @@ def attribution(teacher: Candidate, alternatives: Sequence[Candidate], ctx: Dete
                                             ctx.rng(f"attribution/lean/{cand.name}"))
                 back = stats.compare_to_panel(-lean[s_name], {r: -lean[r] for r in refs},
                                               ctx.rng(f"attribution/towards/{cand.name}"))
-                row.update(versus_teacher_p_value=vs.p_value, versus_teacher_effect=_finite(vs.effect),
+                row.update(versus_teacher_p_value=vs.p_value, versus_teacher_effect=stats.finite_or_none(vs.effect),
                            towards_alternative_p_value=back.p_value, common_components=common)
             else:
                 row.update(versus_teacher_p_value=1.0, towards_alternative_p_value=1.0, common_components=[])
@@ -293,14 +276,6 @@ def _empty_row(cand: Candidate, why: str) -> dict[str, Any]:
             "versus_teacher_p_value": 1.0 if cand.role == "alternative" else None, "versus_teacher_effect": None,
             "towards_alternative_p_value": 1.0 if cand.role == "alternative" else None,
             "common_components": [], "why": why}
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
-def _round_list(values: np.ndarray) -> list[float | None]:
-    return [None if not np.isfinite(v) else round(float(v), 6) for v in np.asarray(values, float)]
 
 
 def references_needed(student_mean: float, reference_means: Sequence[float], level: float,

@@ -10,6 +10,11 @@ import numpy as np
 from scipy import stats
 
 
+def finite_or_none(x: float | None) -> float | None:
+    """``x`` as a float where it is finite, else None (JSON has no NaN or infinity)."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
 @dataclass(frozen=True)
 class PairedTest:
     statistic: float  # Wilcoxon W+ (sum of ranks of positive differences)

@@ -32,7 +32,16 @@ from audit import stats
 from audit.backends.base import Capability, ScoredText
 from detectors import textsim
 from detectors.base import Detector, DetectorContext, Evidence
-from detectors.panel import PANEL_NULL, PANEL_TEST, panel_evidence, suspects, teacher_sampling, top_gaps
+from detectors.panel import (
+    PANEL_NULL,
+    PANEL_TEST,
+    comparison_evidence,
+    panel_evidence,
+    round_list,
+    suspects,
+    teacher_sampling,
+    top_gaps,
+)
 
 
 @dataclass(frozen=True)
@@ -195,7 +204,7 @@ class LoggedVsFresh(Detector):
             "other_scores_uncalibrated_p_value": {k: t.p_value for k, t in per_score.items() if k != p.score},
             "mean_logged": {k: _nanmean(v) for k, v in s_logged.items()},
             "mean_fresh": {k: _nanmean(v) for k, v in s_fresh.items()},
-            "per_pair_difference": [None if not np.isfinite(v) else round(float(v), 6) for v in gap],
+            "per_pair_difference": round_list(gap),
             "logs": pairs.to_dict(),
         }
         if calibrated:
@@ -208,27 +217,15 @@ class LoggedVsFresh(Detector):
                              "of the null; tested like a panel detector"),
                 reference_mean_difference={k: _nanmean(v) for k, v in gaps.items() if k != ctx.student.name},
                 student_mean_difference=_nanmean(gap),
-                per_reference_p_value={k: t.p_value for k, t in cmp.per_reference.items()},
-                prompt_test_p_value=cmp.p_prompts, panel_test_p_value=cmp.panel.p_value,
             )
-            return Evidence(
-                detector=self.name,
+            return comparison_evidence(
+                self.name, cmp,
                 test=("per logged prompt, the student's score on the logged answer minus on the fresh one (both scored "
                       "on the same number of tokens), set against the same difference for every reference: " + PANEL_TEST),
                 null=self.null_calibrated,
-                statistic=cmp.panel.statistic,
-                statistic_name=f"panel prediction t ({cmp.panel.df} df)",
-                p_value=cmp.p_value,
-                effect_size=cmp.effect,
                 effect_size_name=(f"mean {p.score} advantage of the logged answers over fresh ones, beyond the reference "
                                   f"with the largest such advantage ({cmp.closest})"),
-                ci_low=cmp.ci_low,
-                ci_high=cmp.ci_high,
-                ci_level=0.95,
-                n=cmp.n,
-                rules_out=bool(np.isfinite(cmp.ci_high) and cmp.ci_high < margin),
                 margin=margin,
-                planted_p_value=cmp.planted_p_value,
                 examples=self._examples(pairs, gap, p.n_examples),
                 details=details,
             )

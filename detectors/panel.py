@@ -49,15 +49,44 @@ def panel_evidence(
     student = values[ctx.student.name]
     refs = {r.name: values[r.name] for r in ctx.references}
     cmp = stats.compare_to_panel(student, refs, ctx.rng(name), margin=margin)
+    return comparison_evidence(
+        name, cmp,
+        test=PANEL_TEST,
+        null=null,
+        effect_size_name=f"mean {statistic} excess over the most teacher-like reference ({cmp.closest})",
+        margin=margin,
+        examples=tuple(examples(student, refs[cmp.closest], cmp.closest)) if examples and cmp.n else (),
+        details={
+            "statistic": statistic,
+            "per_prompt": {k: round_list(v) for k, v in values.items()},
+            **(details or {}),
+        },
+    )
+
+
+def comparison_evidence(
+    name: str,
+    cmp: stats.PanelComparison,
+    *,
+    test: str,
+    null: str,
+    effect_size_name: str,
+    margin: float,
+    examples: Sequence[Mapping[str, Any]] = (),
+    details: Mapping[str, Any] | None = None,
+) -> Evidence:
+    """Evidence from one :func:`audit.stats.compare_to_panel` result: the panel prediction t as the statistic, the
+    excess over the closest reference as the effect against ``margin``, and the comparison's parts in the details
+    (before ``details``, which may add to them)."""
     return Evidence(
         detector=name,
-        test=PANEL_TEST,
+        test=test,
         null=null,
         statistic=cmp.panel.statistic,
         statistic_name=f"panel prediction t ({cmp.panel.df} df)",
         p_value=cmp.p_value,
         effect_size=cmp.effect,
-        effect_size_name=f"mean {statistic} excess over the most teacher-like reference ({cmp.closest})",
+        effect_size_name=effect_size_name,
         ci_low=cmp.ci_low,
         ci_high=cmp.ci_high,
         ci_level=0.95,
@@ -65,16 +94,14 @@ def panel_evidence(
         rules_out=bool(np.isfinite(cmp.ci_high) and cmp.ci_high < margin),
         margin=margin,
         planted_p_value=cmp.planted_p_value,
-        examples=tuple(examples(student, refs[cmp.closest], cmp.closest)) if examples and cmp.n else (),
+        examples=tuple(examples),
         details={
-            "statistic": statistic,
             "student_mean": cmp.student_mean,
             "reference_means": cmp.reference_means,
             "per_reference_p_value": {k: t.p_value for k, t in cmp.per_reference.items()},
             "per_reference_wilcoxon_w": {k: t.statistic for k, t in cmp.per_reference.items()},
             "prompt_test_p_value": cmp.p_prompts,
             "panel_test_p_value": cmp.panel.p_value,
-            "per_prompt": {k: _round_list(v) for k, v in values.items()},
             **(details or {}),
         },
     )
@@ -86,7 +113,8 @@ def top_gaps(student: np.ndarray, reference: np.ndarray, n: int) -> list[int]:
     return [int(i) for i in np.argsort(-gap, kind="stable") if np.isfinite(gap[i])][:n]
 
 
-def _round_list(values: np.ndarray) -> list[float | None]:
+def round_list(values: np.ndarray) -> list[float | None]:
+    """Per-prompt values as JSON: six decimals, None where there is no finite value."""
     return [None if not np.isfinite(v) else round(float(v), 6) for v in np.asarray(values, float)]
 
 
