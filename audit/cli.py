@@ -181,6 +181,19 @@ def _duration(value: str) -> float | None:
     return seconds
 
 
+def _api_group_options(flag: str, dest: str, what: str) -> list[Callable[[Any], Any]]:
+    """``{flag}-url``, ``{flag}-model`` (both repeatable, paired in order) and ``{flag}-api-key-env``: models of one
+    role behind OpenAI-compatible APIs."""
+    return [
+        click.option(f"{flag}-url", f"{dest}_urls", multiple=True, metavar="URL",
+                     help=f"{what} behind an OpenAI-compatible API (repeatable; pairs in order with {flag}-model)."),
+        click.option(f"{flag}-model", f"{dest}_models", multiple=True, metavar="NAME",
+                     help=f"Model name for each {flag}-url, in the same order."),
+        click.option(f"{flag}-api-key-env", default=None, metavar="VAR",
+                     help=f"Environment variable with the key of the {flag}-url servers."),
+    ]
+
+
 def _remote_options(func: F) -> F:
     options = [
         click.option("--teacher-url", default=None, metavar="URL",
@@ -200,20 +213,8 @@ def _remote_options(func: F) -> F:
         click.option("--student-api-key-env", default=None, metavar="VAR", help="Environment variable with its key."),
         click.option("--student-tokenizer", default=None, metavar="DIR",
                      help="A local copy of the remote student's tokenizer."),
-        click.option("--reference-url", "reference_urls", multiple=True, metavar="URL",
-                     help="A reference behind an OpenAI-compatible API (repeatable; pairs in order with "
-                          "--reference-model)."),
-        click.option("--reference-model", "reference_models", multiple=True, metavar="NAME",
-                     help="Model name for each --reference-url, in the same order."),
-        click.option("--reference-api-key-env", default=None, metavar="VAR",
-                     help="Environment variable with the key of the --reference-url servers."),
-        click.option("--alternative-teacher-url", "alternative_urls", multiple=True, metavar="URL",
-                     help="An alternative teacher behind an OpenAI-compatible API (repeatable; pairs in order with "
-                          "--alternative-teacher-model)."),
-        click.option("--alternative-teacher-model", "alternative_models", multiple=True, metavar="NAME",
-                     help="Model name for each --alternative-teacher-url, in the same order."),
-        click.option("--alternative-teacher-api-key-env", default=None, metavar="VAR",
-                     help="Environment variable with the key of the --alternative-teacher-url servers."),
+        *_api_group_options("--reference", "reference", "A reference"),
+        *_api_group_options("--alternative-teacher", "alternative", "An alternative teacher"),
         click.option("--api", type=click.Choice(["auto", "completions", "chat"]), default="auto", show_default=True,
                      help="Which generation route of the APIs to use; auto: completions, else chat."),
         click.option("--api-concurrency", type=click.IntRange(min=1), default=4, show_default=True,
