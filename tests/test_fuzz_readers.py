@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import math
 import string
+import struct
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -430,3 +432,56 @@ def test_cli_refuses_teacher_logs_with_a_key_holding_a_newline(tmp_path: Path) -
     logs.write_text(json.dumps({"prompt": "p", "answer\nforged line": "c"}) + "\n", encoding="utf-8")
     _assert_refused(tmp_path / "out", _run_args(tmp_path / "out", str(probes), "--teacher-logs", str(logs)),
                     "logs.jsonl:1", "answer\\nforged line")
+
+
+# -- cache values ---------------------------------------------------------------------------------------------
+
+_PLAIN = st.sampled_from(["<f4", "<f8", "<i8", "<i4", "|b1", "<U7", "|S5", "<u2"])
+
+
+@FUZZ
+@given(specs=st.lists(st.tuples(st.text(max_size=8), _PLAIN, st.lists(st.integers(0, 4), max_size=3)), max_size=4,
+                      unique_by=lambda s: s[0]),
+       seed=st.integers(0, 2**32 - 1))
+def test_cache_values_read_back_exactly(specs: list[tuple[str, str, list[int]]], seed: int) -> None:
+    from audit.cache import pack_arrays, unpack_arrays
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, dtype, shape in specs:
+        raw = rng.integers(0, 100, size=shape)
+        arrays[name] = raw.astype(str).astype(dtype) if dtype[1] in "US" else raw.astype(dtype)
+    back = unpack_arrays(pack_arrays(arrays))
+    assert list(back) == list(arrays)
+    for name, arr in arrays.items():
+        assert back[name].dtype == arr.dtype and back[name].shape == arr.shape
+        np.testing.assert_array_equal(back[name], arr)
+        back[name].flags.writeable = True  # a private copy, not a view of the stored bytes
+
+
+@FUZZ
+@given(data=st.binary(max_size=200) | st.builds(lambda h, tail: b"DAC4" + struct.pack("<I", len(h)) + h + tail,
+                                                 st.text(max_size=80).map(str.encode), st.binary(max_size=40)))
+def test_a_forged_cache_value_is_a_value_error_never_a_crash(data: bytes) -> None:
+    from audit.cache import unpack_arrays
+
+    try:
+        unpack_arrays(data)
+    except ValueError:
+        pass
+
+
+@pytest.mark.parametrize("header", [
+    '[["a","|O8",[1]]]',  # object arrays would unpickle
+    '[["a","<f8",[1000000000000000000,1000]]]',  # more bytes than any value holds
+    '[["a","<f8",[-1]]]',
+    '[["a","<f8",[true]]]',
+    '[["a","V8",[1]]]',
+    '{"a": 1}',
+])
+def test_cache_value_headers_that_could_harm_are_refused(header: str) -> None:
+    from audit.cache import unpack_arrays
+
+    h = header.encode()
+    with pytest.raises(ValueError, match="unreadable cache value"):
+        unpack_arrays(b"DAC4" + struct.pack("<I", len(h)) + h + b"\0" * 8)
