@@ -84,13 +84,19 @@ def _run_args(models: Path, probes: Path, out: Path, *extra: str) -> list[str]:
 
 def test_identical_inputs_give_an_identical_result(demo_run: dict[str, Any], tmp_path: Path) -> None:
     probes = demo_run["out"] / "demo-probes.txt"
+    # 200 of the 1,500 logged answers: every detector runs (logged-vs-fresh calibrated too) in a third of the time
+    logs = tmp_path / "logs-200.jsonl"
+    logs.write_text("".join(demo_run["logs"].read_text().splitlines(keepends=True)[:200]))
+    args = _run_args(demo_run["models"], probes, tmp_path / "out", "--no-cache", "--n-probes", "30")
+    args[args.index("--teacher-logs") + 1] = str(logs)
     results = []
     for _ in range(2):
-        proc = cli(*_run_args(demo_run["models"], probes, tmp_path / "out", "--no-cache", "--n-probes", "30"))
+        proc = cli(*args)
         assert proc.returncode == 0, proc.stderr
         results.append(json.loads((tmp_path / "out" / "result.json").read_text()))
     assert stable_view(results[0]) == stable_view(results[1])
     assert results[0]["probe_sets"][0]["n"] == 30 and results[0]["settings"]["n_probes"] == 30
+    assert results[0]["teacher_logs"]["pairs"] == 200
 
 
 def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str, Any], tmp_path: Path) -> None:
@@ -99,8 +105,9 @@ def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str
     # A small token budget makes many small batches, so the kill lands mid-way. The omnibus components (not the
     # logs test, whose calibration has every reference score 3,000 logged answers in 40-token batches) keep it short.
     chosen = ("next-token-agreement", "top-k-overlap", "js-divergence", "idiosyncrasy-tokens", "teacher-text-likelihood")
+    common = ["--no-negative-controls", "--n-probes", "40", *[a for d in chosen for a in ("--detector", d)]]
     args = _run_args(demo_run["models"], probes, tmp_path / "out", "--cache-dir", str(cache), "--batch-tokens", "40",
-                     "--no-negative-controls", *[a for d in chosen for a in ("--detector", d)])
+                     *common)
     proc = subprocess.Popen([sys.executable, "-m", "audit", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = cache / "inference-v1.sqlite"
@@ -126,9 +133,13 @@ def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     stats = result["inference"]
     assert stats["cache_hits"] >= rows and 0 < stats["computed"] < stats["requested"]
-    # Another batch size (--batch-tokens 40) changes float rounding in the last digits, nothing more.
-    kept = {*chosen, "panel-omnibus"}
-    _assert_json_close(result["evidence"], [e for e in demo_run["distilled"]["evidence"] if e["detector"] in kept])
+    # the same audit uninterrupted, without a cache, in batches of the default size: another batch size changes
+    # float rounding in the last digits, nothing more
+    clean = cli(*_run_args(demo_run["models"], probes, tmp_path / "clean", "--no-cache", *common))
+    assert clean.returncode == 0, clean.stderr
+    expected = json.loads((tmp_path / "clean" / "result.json").read_text())
+    assert [e["detector"] for e in result["evidence"]] == ["panel-omnibus", *chosen]
+    _assert_json_close(result["evidence"], expected["evidence"])
 
 
 def _assert_json_close(a: Any, b: Any, rel: float = 1e-3, path: str = "") -> None:
@@ -181,9 +192,15 @@ def test_cauchy_combination_is_chosen_and_recorded(demo_run: dict[str, Any], tmp
     assert r["negative_controls"] == []
 
 
-@pytest.mark.parametrize(("student", "gate", "code"), [
-    ("student", "distilled", 1), ("control", "distilled", 0), ("control", "inconclusive", 0), ("student", "inconclusive", 1),
-])
+def test_fail_on_gates_name_every_label_at_or_above_them() -> None:
+    from audit.cli import GATES
+
+    assert set(GATES["distilled"]) == {"distilled"}
+    assert set(GATES["inconclusive"]) == {"distilled", "inconclusive"}
+
+
+# the strict gate on the distilled student, the lenient one on the control: both exit codes, both gates
+@pytest.mark.parametrize(("student", "gate", "code"), [("student", "distilled", 1), ("control", "inconclusive", 0)])
 def test_fail_on_gates_ci_after_writing_the_result(demo_run: dict[str, Any], tmp_path: Path, student: str, gate: str,
                                                    code: int) -> None:
     args = _run_args(demo_run["models"], demo_run["out"] / "demo-probes.txt", tmp_path, "--cache-dir",
@@ -200,6 +217,9 @@ def test_fresh_answers_are_sampled_here_when_not_given(demo_run: dict[str, Any],
                      str(demo_run["cache"]), "--detector", "logged-vs-fresh", "--no-negative-controls")
     i = args.index("--teacher-fresh")
     del args[i : i + 2]
+    logs = tmp_path / "logs-500.jsonl"  # 500 of the 1,500 logged answers: the teacher answers each prompt afresh
+    logs.write_text("".join(demo_run["logs"].read_text().splitlines(keepends=True)[:500]))
+    args[args.index("--teacher-logs") + 1] = str(logs)
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
     r = json.loads((tmp_path / "result.json").read_text())
@@ -207,7 +227,7 @@ def test_fresh_answers_are_sampled_here_when_not_given(demo_run: dict[str, Any],
     assert logs["fresh_source"].startswith("sampled from the teacher here") and logs["unpaired_logged"] == 0
     assert logs["fresh_hash"] != demo_run["distilled"]["teacher_logs"]["fresh_hash"]
     (ev,) = r["evidence"]
-    assert ev["p_value"] < 0.01 and ev["n"] > 1000
+    assert ev["p_value"] < 0.01 and ev["n"] == 500
 
 
 def test_a_weak_panel_is_exposed_by_the_negative_controls(demo_run: dict[str, Any], tmp_path: Path) -> None:
@@ -229,11 +249,11 @@ def test_a_weak_panel_is_exposed_by_the_negative_controls(demo_run: dict[str, An
 
 def test_identity_probes_record_answers_naming_the_teacher(demo_run: dict[str, Any], tmp_path: Path) -> None:
     absent = _audit(demo_run, tmp_path / "a", "--teacher-name", "AcmeGPT", "--detector", "text-word-agreement",
-                    "--n-probes", "10")["observations"]["identity"]
+                    "--n-probes", "10", "--no-negative-controls")["observations"]["identity"]
     assert absent["ran"] and absent["answers_naming_teacher"] == 0 and len(absent["answers"]) == 6
     said = absent["answers"][0]["answer"].split()[0].strip(".")  # a word the student does say about itself
     present = _audit(demo_run, tmp_path / "b", "--teacher-name", said, "--detector", "text-word-agreement",
-                     "--n-probes", "10")["observations"]["identity"]
+                     "--n-probes", "10", "--no-negative-controls")["observations"]["identity"]
     assert present["answers_naming_teacher"] >= 1 and said in present["answers"][0]["names_teacher"]
 
 

@@ -20,7 +20,8 @@ from detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
 ROLES = {"teacher", "student", "reference"}
 
 
-def _context(models: Path, student: str, n_probes: int = 100, n_logs: int | None = None) -> DetectorContext:
+def _context(models: Path, student: str, engine: Engine, n_probes: int = 100, n_logs: int | None = None
+             ) -> DetectorContext:
     def handle(role: str, name: str) -> ModelHandle:
         return ModelHandle(role, name, HFAdapter.load(str(models / name), name=name))
 
@@ -28,15 +29,17 @@ def _context(models: Path, student: str, n_probes: int = 100, n_logs: int | None
     logged = load_outputs(models / "teacher-logs.jsonl", "--teacher-logs")[:n_logs]
     fresh = load_outputs(models / "teacher-fresh.jsonl", "--teacher-fresh")
     return DetectorContext(handle("teacher", "teacher"), handle("student", student), refs,
-                           tuple(demo_prompts()[:n_probes]), 0, Engine(InferenceCache(None)),
+                           tuple(demo_prompts()[:n_probes]), 0, engine,
                            pair_outputs(logged, fresh, "file"))
 
 
 @pytest.fixture(scope="module")
-def contexts(demo_run: dict[str, Any]) -> dict[str, DetectorContext]:
+def contexts(demo_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, DetectorContext]:
     models = demo_run["models"]
     assert isinstance(models, Path)
-    return {"distilled": _context(models, "student"), "control": _context(models, "control")}
+    # one engine with an on-disk cache: the two contexts share the references' answers and per-model values
+    engine = Engine(InferenceCache(tmp_path_factory.mktemp("detector-cache") / "cache.sqlite"))
+    return {"distilled": _context(models, "student", engine), "control": _context(models, "control", engine)}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -66,7 +69,9 @@ def test_detector_returns_valid_deterministic_evidence(name: str, contexts: dict
     if name != "weight-lineage":  # weights have no prompts to show; its block map is in details
         assert 0 < len(ev.examples) <= 5 and all("prompt" in e for e in ev.examples)
     json.dumps(ev.to_dict(), allow_nan=True)  # serialisable as it stands
-    again = REGISTRY[name]().run(contexts["distilled"])
+    # again, in a fresh engine (nothing kept in memory) reading the answers back from the cache
+    fresh = dataclasses.replace(contexts["distilled"], engine=Engine(contexts["distilled"].engine.cache))
+    again = REGISTRY[name]().run(fresh)
     assert again == ev
 
 
