@@ -396,8 +396,11 @@ def test_ctrl_c_stops_requests_in_flight_at_once(llama_dir: Path, tmp_path: Path
                 "--probes", str(probes), "--api-timeout", "3600", "--no-negative-controls",
                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        # Ctrl-C must reach the audit even when this test runs under a shell that ignores SIGINT in background jobs
+        # (nohup, `cmd &`): an ignored SIGINT is inherited, and Python then installs no handler of its own
         proc = subprocess.Popen([sys.executable, "-m", "audit", *args], cwd=REPO, env=env, text=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 1200  # a hang guard: a busy machine loads the models slowly
             while time.monotonic() < deadline and proc.poll() is None:
