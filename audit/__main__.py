@@ -1,4 +1,4 @@
-from audit.cli import main
+from distill_audit.cli import main
 
 if __name__ == "__main__":
     main(prog_name="distill-audit")

@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from audit import stats
-from audit.stats import finite_or_none
-from detectors.base import Evidence
+from distill_audit import stats
+from distill_audit.detectors.base import Evidence
+from distill_audit.stats import finite_or_none
 
 OMNIBUS = "panel-omnibus"
 LABELS = ("distilled", "inconclusive", "not-distilled")

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from audit.errors import AuditError
+from distill_audit.errors import AuditError
 
 log = logging.getLogger(__name__)
 SCHEMA = 4  # 2: scores carry logprob_var; 3: entries carry a checksum and the time they were stored; 4: values in

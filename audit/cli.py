@@ -13,12 +13,12 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from audit import __version__
-from audit.errors import AuditError, UsageError
-from audit.result import dumps
+from distill_audit import __version__
+from distill_audit.errors import AuditError, UsageError
+from distill_audit.result import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
-log = logging.getLogger("audit")
+log = logging.getLogger("distill_audit")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 GATES = {"distilled": ("distilled",), "inconclusive": ("distilled", "inconclusive")}  # --fail-on: labels that fail
@@ -157,7 +157,7 @@ def _audit_options(func: F) -> F:
 
 
 def _out_dir(out: Path) -> Path:
-    from audit.outputs import check_output_dir
+    from distill_audit.outputs import check_output_dir
 
     return check_output_dir(out)
 
@@ -273,7 +273,7 @@ def run(ctx: click.Context, out: Path, fail_on: str | None, **kw: Any) -> None:
     Exit codes: 0 done; 1 runtime error, or the verdict matched --fail-on (the result is written);
     2 usage error.
     """
-    from audit.runner import run_audit
+    from distill_audit.runner import run_audit
 
     out = _out_dir(out)
     spec = _spec(kw, transcript_dir=out / "transcripts")
@@ -290,8 +290,8 @@ def run(ctx: click.Context, out: Path, fail_on: str | None, **kw: Any) -> None:
 def _write_outputs(out: Path, result: dict[str, Any]) -> None:
     """result.json and report.html, both written whole or neither. The report is rendered (before anything
     is written) from the serialised result, exactly what `render` reads back later."""
-    from audit.outputs import write_together
-    from reports import render_html
+    from distill_audit.outputs import write_together
+    from distill_audit.reports import render_html
 
     text = dumps(result)
     html = render_html(json.loads(text))
@@ -300,8 +300,8 @@ def _write_outputs(out: Path, result: dict[str, Any]) -> None:
 
 def _source(kw: dict[str, Any], role: str) -> Any:
     """The one model source given for a role: a local path, an API endpoint, or (teacher) a transcript."""
-    from audit.backends.openai_compat import RemoteModel
-    from audit.spec import TranscriptSource
+    from distill_audit.backends.openai_compat import RemoteModel
+    from distill_audit.spec import TranscriptSource
 
     local, url, name = kw.get(role), kw.get(f"{role}_url"), kw.get(f"{role}_model")
     transcript = kw.get(f"{role}_transcript")
@@ -326,10 +326,10 @@ def _source(kw: dict[str, Any], role: str) -> Any:
 
 
 def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
-    from audit.backends.hf import LoadOptions
-    from audit.backends.http import HTTPSettings
-    from audit.backends.openai_compat import RemoteModel
-    from audit.spec import AuditSpec, TranscriptSource
+    from distill_audit.backends.hf import LoadOptions
+    from distill_audit.backends.http import HTTPSettings
+    from distill_audit.backends.openai_compat import RemoteModel
+    from distill_audit.spec import AuditSpec, TranscriptSource
 
     urls, names = kw.get("reference_urls", ()), kw.get("reference_models", ())
     if len(urls) != len(names):
@@ -383,7 +383,7 @@ def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
 
 
 def _print_verdict(title: str, result: dict[str, Any], path: Path) -> None:
-    from reports import render_summary
+    from distill_audit.reports import render_summary
 
     click.echo(render_summary(result, str(path), title), nl=False)
 
@@ -402,9 +402,9 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     both audits get those logs. The models are saved with save_pretrained under the cache directory and
     reused next time.
     """
-    from audit.demo import FRESH_FILE, LOGS_FILE, build_demo_models, demo_prompts
-    from audit.result import write_atomic
-    from audit.runner import run_audit
+    from distill_audit.demo import FRESH_FILE, LOGS_FILE, build_demo_models, demo_prompts
+    from distill_audit.result import write_atomic
+    from distill_audit.runner import run_audit
 
     started = time.perf_counter()
     out = _out_dir(out)
@@ -441,9 +441,9 @@ FORMATS = {"html": "report.html", "md": "summary.md", "json": "result.json", "in
 def render(result_file: Path, fmt: str, output: Path | None) -> None:
     """Rebuild a report from a result file alone, without re-running anything. Rendering the same file twice
     gives identical bytes."""
-    from audit.result import read_result_bytes, write_atomic
-    from reports import render_html, render_markdown
-    from reports.attestation import render_statement
+    from distill_audit.reports import render_html, render_markdown
+    from distill_audit.reports.attestation import render_statement
+    from distill_audit.result import read_result_bytes, write_atomic
 
     if not result_file.exists():
         raise UsageError(f"{result_file}: no such file")
@@ -465,7 +465,7 @@ def render(result_file: Path, fmt: str, output: Path | None) -> None:
 @main.command("schema")
 def print_schema() -> None:
     """Print the JSON Schema (draft 2020-12) of result.json, the file `run` writes and `render` reads."""
-    from audit.result import schema_text
+    from distill_audit.result import schema_text
 
     click.echo(schema_text(), nl=False)
 
@@ -473,7 +473,7 @@ def print_schema() -> None:
 @main.command("detectors")
 def list_detectors() -> None:
     """List the detectors and the access each needs."""
-    from detectors import REGISTRY
+    from distill_audit.detectors import REGISTRY
 
     for name in sorted(REGISTRY):
         cls = REGISTRY[name]
@@ -496,7 +496,7 @@ def list_detectors() -> None:
 @main.command("probes")
 def list_probes() -> None:
     """List the built-in probe sets."""
-    from audit.probes import builtin_names, load_probe_set
+    from distill_audit.probes import builtin_names, load_probe_set
 
     for name in builtin_names():
         ps = load_probe_set(name)
@@ -520,7 +520,7 @@ def watermark() -> None:
 
 
 def _load_tokenizer(path: str, flag: str) -> Any:
-    from audit.backends.remote import TokenMap
+    from distill_audit.backends.remote import TokenMap
 
     return TokenMap.load(path, flag).tokenizer
 
@@ -537,7 +537,7 @@ def _load_tokenizer(path: str, flag: str) -> Any:
 @user_errors
 def watermark_keygen(tokenizer_dir: str, key_file: Path, gamma: float, delta: float, context_width: int) -> None:
     """Create a new secret watermark key for a teacher's tokenizer (prints its fingerprint, never the secret)."""
-    from audit.watermark import new_key, write_key
+    from distill_audit.watermark import new_key, write_key
 
     tokenizer = _load_tokenizer(tokenizer_dir, "--tokenizer")
     key = new_key(tokenizer, gamma=gamma, delta=delta, context_width=context_width)
@@ -566,11 +566,11 @@ def watermark_generate(ctx: click.Context, model: str, key_file: Path, prompts: 
     """Continue each prompt with the teacher, watermarked with the key (seeded sampling)."""
     from tqdm import tqdm
 
-    from audit import fingerprint as fp
-    from audit.backends.hf import HFAdapter, LoadOptions
-    from audit.probes import load_probe_set
-    from audit.result import write_atomic
-    from audit.watermark import generate_watermarked, read_key
+    from distill_audit import fingerprint as fp
+    from distill_audit.backends.hf import HFAdapter, LoadOptions
+    from distill_audit.probes import load_probe_set
+    from distill_audit.result import write_atomic
+    from distill_audit.watermark import generate_watermarked, read_key
 
     key = read_key(key_file, "--key-file")
     if out.is_dir():
@@ -603,9 +603,9 @@ def watermark_generate(ctx: click.Context, model: str, key_file: Path, prompts: 
 @user_errors
 def watermark_detect(key_file: Path, texts: Path, tokenizer_dir: str, alpha: float) -> None:
     """Does this text carry the watermark? Exact binomial test over distinct (context, token) tuples."""
-    from audit import fingerprint as fp
-    from audit.logs import load_outputs
-    from audit.watermark import read_key, score_texts
+    from distill_audit import fingerprint as fp
+    from distill_audit.logs import load_outputs
+    from distill_audit.watermark import read_key, score_texts
 
     key = read_key(key_file, "--key-file")
     items = load_outputs(texts, "--texts")

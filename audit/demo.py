@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from audit import synthetic
+from distill_audit import synthetic
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from audit.backends.base import GenerateParams, Generation, ModelAdapter, ScoredText
-from audit.cache import InferenceCache, pack_arrays, request_key, unpack_arrays
-from audit.errors import AuditError, CapabilityError, InvalidAnswerError, ProbeTooLongError
+from distill_audit.backends.base import GenerateParams, Generation, ModelAdapter, ScoredText
+from distill_audit.cache import InferenceCache, pack_arrays, request_key, unpack_arrays
+from distill_audit.errors import AuditError, CapabilityError, InvalidAnswerError, ProbeTooLongError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

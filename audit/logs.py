@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from audit.errors import UsageError
+from distill_audit.errors import UsageError
 
 log = logging.getLogger(__name__)
 

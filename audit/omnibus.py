@@ -35,10 +35,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from audit import stats
-from audit.backends.base import Capability, ModelAdapter
-from detectors.base import DetectorContext, Evidence
-from detectors.panel import PANEL_TEST, comparison_evidence, round_list
+from distill_audit import stats
+from distill_audit.backends.base import Capability, ModelAdapter
+from distill_audit.detectors.base import DetectorContext, Evidence
+from distill_audit.detectors.panel import PANEL_TEST, comparison_evidence, round_list
 
 NAME = "panel-omnibus"
 # Smallest excess over the most teacher-like reference counted as distillation, in omnibus units (robust spreads

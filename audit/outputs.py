@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from audit.errors import UsageError
+from distill_audit.errors import UsageError
 
 
 def check_output_dir(out: Path, flag: str = "--out") -> Path:

@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from audit.errors import ProbeSetError
-from audit.logs import BadJSON, jsonl_lines, lone_surrogate, parse_json, read_user_file, shown
+from distill_audit.errors import ProbeSetError
+from distill_audit.logs import BadJSON, jsonl_lines, lone_surrogate, parse_json, read_user_file, shown
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def load_probe_set(spec: str) -> ProbeSet:
 
 def _builtin(name: str) -> ProbeSet:
     filename = BUILTIN[name]
-    text = resources.files("audit").joinpath("probesets").joinpath(filename).read_text(encoding="utf-8")
+    text = resources.files("distill_audit").joinpath("probesets").joinpath(filename).read_text(encoding="utf-8")
     version = filename.rsplit("-", 1)[-1].split(".")[0]
     return ProbeSet.from_prompts(name, version, "builtin", _parse_jsonl(text, f"built-in probe set {name}"))
 

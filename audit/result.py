@@ -18,8 +18,8 @@ from typing import Any, Iterable, Iterator, Mapping
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from audit.errors import InvalidResultFileError, ResultSchemaError
-from audit.outputs import current_umask, write_atomic  # noqa: F401  (part of this module's face)
+from distill_audit.errors import InvalidResultFileError, ResultSchemaError
+from distill_audit.outputs import current_umask, write_atomic  # noqa: F401  (part of this module's face)
 
 SCHEMA_VERSION = "1.3"  # 1.1 added negative_controls, observations, teacher_logs, margins and power checks;
 # 1.2 added remote-model runtime (API transcripts), the watermark block and white-box lineage details;
@@ -35,7 +35,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def schema_text() -> str:
     """The result schema (JSON Schema draft 2020-12) exactly as shipped in the package."""
-    return resources.files("audit").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    return resources.files("distill_audit").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
 
 
 def result_schema() -> dict[str, Any]:

@@ -11,24 +11,24 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
-from audit import __version__, omnibus
-from audit.aggregate import COMBINATIONS, Verdict, primary_lines, verdict
-from audit.backends.base import Capability, GenerateParams, ModelAdapter
-from audit.backends.hf import HFAdapter, LoadOptions
-from audit.backends.restrict import ACCESS_MODES, restrict
-from audit.cache import InferenceCache
-from audit.engine import Engine, default_token_budget
-from audit.errors import CapabilityError, UsageError
-from audit.logs import LoggedOutput, LogPairs, distinct_outputs, load_outputs, pair_outputs
-from audit.probes import ProbeSet, load_probe_set, prompts_hash
-from audit.result import SCHEMA_VERSION
-from audit.spec import AuditSpec, ModelSource, TranscriptSource, describe_source
-from audit.watermark import WatermarkInputs, read_key
-from detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
-from detectors.base import DetectorSkipped
-from detectors.fingerprint import identity_observations
-from detectors.membership import SCORES as MEMBERSHIP_SCORES
-from detectors.membership import LoggedParams, LoggedVsFresh
+from distill_audit import __version__, omnibus
+from distill_audit.aggregate import COMBINATIONS, Verdict, primary_lines, verdict
+from distill_audit.backends.base import Capability, GenerateParams, ModelAdapter
+from distill_audit.backends.hf import HFAdapter, LoadOptions
+from distill_audit.backends.restrict import ACCESS_MODES, restrict
+from distill_audit.cache import InferenceCache
+from distill_audit.detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
+from distill_audit.detectors.base import DetectorSkipped
+from distill_audit.detectors.fingerprint import identity_observations
+from distill_audit.detectors.membership import SCORES as MEMBERSHIP_SCORES
+from distill_audit.detectors.membership import LoggedParams, LoggedVsFresh
+from distill_audit.engine import Engine, default_token_budget
+from distill_audit.errors import CapabilityError, UsageError
+from distill_audit.logs import LoggedOutput, LogPairs, distinct_outputs, load_outputs, pair_outputs
+from distill_audit.probes import ProbeSet, load_probe_set, prompts_hash
+from distill_audit.result import SCHEMA_VERSION
+from distill_audit.spec import AuditSpec, ModelSource, TranscriptSource, describe_source
+from distill_audit.watermark import WatermarkInputs, read_key
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "inference-v1.sqlite"
@@ -41,7 +41,7 @@ def _load_hf(source: str, options: LoadOptions, name: str) -> ModelAdapter:
 
 def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _load_hf) -> ModelAdapter:
     """The adapter for one model: a local checkpoint (through ``loader``), an HTTP API or a transcript."""
-    from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
+    from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel
 
     role = name.split("-")[0]
     flag = "--alternative-teacher" if role == "alternative" else f"--{role}"
@@ -49,8 +49,8 @@ def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _l
         transcript = spec.transcript_dir / f"{name}.jsonl" if spec.transcript_dir is not None else None
         return OpenAIAdapter.connect(source, name, spec.http, transcript, flag=f"{flag}-url")
     if isinstance(source, TranscriptSource):
-        from audit.backends.remote import TokenMap
-        from audit.backends.transcript import TranscriptAdapter
+        from distill_audit.backends.remote import TokenMap
+        from distill_audit.backends.transcript import TranscriptAdapter
 
         token_map = TokenMap.load(source.tokenizer, f"{flag}-tokenizer") if source.tokenizer else None
         return TranscriptAdapter.load(source.path, name=name, token_map=token_map)

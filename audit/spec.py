@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit.backends.hf import LoadOptions
-from audit.backends.http import HTTPSettings
-from audit.backends.openai_compat import RemoteModel
+from distill_audit.backends.hf import LoadOptions
+from distill_audit.backends.http import HTTPSettings
+from distill_audit.backends.openai_compat import RemoteModel
 
 
 @dataclass(frozen=True)

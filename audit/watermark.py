@@ -50,9 +50,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from audit import fingerprint as fp
-from audit.errors import UsageError
-from audit.logs import BadJSON, LoggedOutput, outputs_hash, parse_json, shown
+from distill_audit import fingerprint as fp
+from distill_audit.errors import UsageError
+from distill_audit.logs import BadJSON, LoggedOutput, outputs_hash, parse_json, shown
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def generate_watermarked(model: Any, tokenizer: Any, key: WatermarkKey, prompts:
     decoding are :func:`audit.synthetic.sample_texts`'s, one call per batch of ``batch_size`` prompts with a seed
     derived from (seed, batch start), so a continuation depends only on (model, key, prompt, its position,
     seed, batch size). ``on_batch(n)`` is told after each batch (a progress bar)."""
-    from audit import synthetic
+    from distill_audit import synthetic
 
     if fp.tokenizer_fingerprint(tokenizer) != key.tokenizer_sha256:
         raise UsageError("the model's tokenizer is not the one the watermark key was made for "

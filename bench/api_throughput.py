@@ -23,12 +23,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from audit.backends.base import GenerateParams  # noqa: E402
-from audit.backends.hf import HFAdapter  # noqa: E402
-from audit.backends.http import HTTPSettings  # noqa: E402
-from audit.backends.openai_compat import OpenAIAdapter, RemoteModel  # noqa: E402
-from audit.cache import InferenceCache  # noqa: E402
-from audit.engine import Engine  # noqa: E402
+from distill_audit.backends.base import GenerateParams  # noqa: E402
+from distill_audit.backends.hf import HFAdapter  # noqa: E402
+from distill_audit.backends.http import HTTPSettings  # noqa: E402
+from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel  # noqa: E402
+from distill_audit.cache import InferenceCache  # noqa: E402
+from distill_audit.engine import Engine  # noqa: E402
 
 
 def main() -> None:

@@ -54,9 +54,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit.runner import run_audit  # noqa: E402
-from audit.spec import AuditSpec  # noqa: E402
 from bench.zoo import CONDITIONS, DOSE_KEYS, STUDENTS, Pair, World, ZooRecipe, build_zoo  # noqa: E402
+from distill_audit.runner import run_audit  # noqa: E402
+from distill_audit.spec import AuditSpec  # noqa: E402
 
 ALPHA = 0.01  # the audits' alpha: TPR and FPR at the verdict's own level
 LOOSE_ALPHA = 0.05  # FPR also reported here, for comparison with the older tables

@@ -27,8 +27,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit import synthetic  # noqa: E402
 from bench.zoo import ZooRecipe, build_zoo  # noqa: E402
+from distill_audit import synthetic  # noqa: E402
 
 LINEAGE_VERSION = "1"
 INITS = {"init-top-ce": ([1], False), "init-bottom-kd": ([0], True), "init-both-kd": ([0, 1], True)}
@@ -66,8 +66,8 @@ def build_students(root: Path, worlds: list[Any], recipe: ZooRecipe = ZooRecipe(
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
-    from audit.runner import run_audit
-    from audit.spec import AuditSpec
+    from distill_audit.runner import run_audit
+    from distill_audit.spec import AuditSpec
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("bench-out/zoo"))

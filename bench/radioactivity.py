@@ -37,9 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit import synthetic  # noqa: E402
-from audit import watermark as wm  # noqa: E402
-from audit.logs import LoggedOutput  # noqa: E402
+from distill_audit import synthetic  # noqa: E402
+from distill_audit import watermark as wm  # noqa: E402
+from distill_audit.logs import LoggedOutput  # noqa: E402
 
 BENCH_VERSION = "1"
 ALPHA = 0.01
@@ -157,11 +157,11 @@ def build(root: Path, recipe: Recipe, say: Any = print) -> Path:
 
 def audit_students(build_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
     """The detector on every student, in both modes, as the runner would call it."""
-    from audit.backends.hf import HFAdapter
-    from audit.cache import InferenceCache
-    from audit.engine import Engine
-    from detectors import DetectorContext, ModelHandle
-    from detectors.radioactivity import RadioactivityParams, WatermarkRadioactivity
+    from distill_audit.backends.hf import HFAdapter
+    from distill_audit.cache import InferenceCache
+    from distill_audit.detectors import DetectorContext, ModelHandle
+    from distill_audit.detectors.radioactivity import RadioactivityParams, WatermarkRadioactivity
+    from distill_audit.engine import Engine
 
     grammar = synthetic.Grammar(seed=recipe.grammar_seed)
     key = wm.read_key(build_dir / "key.json")
@@ -191,11 +191,11 @@ def null_level(build_dir: Path, recipe: Recipe, n_keys: int) -> dict[str, dict[s
     held-out watermarked texts (reading mode) and the students' continuations are scored (generation mode)."""
     from transformers import AutoModelForCausalLM
 
-    from audit.backends.hf import HFAdapter
-    from audit.cache import InferenceCache
-    from audit.engine import Engine
-    from detectors import DetectorContext, ModelHandle
-    from detectors.radioactivity import RadioactivityParams, WatermarkRadioactivity
+    from distill_audit.backends.hf import HFAdapter
+    from distill_audit.cache import InferenceCache
+    from distill_audit.detectors import DetectorContext, ModelHandle
+    from distill_audit.detectors.radioactivity import RadioactivityParams, WatermarkRadioactivity
+    from distill_audit.engine import Engine
 
     grammar = synthetic.Grammar(seed=recipe.grammar_seed)
     base = wm.read_key(build_dir / "key.json")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from audit.cli import default_cache_dir
+    from distill_audit.cli import default_cache_dir
 
     torch.set_num_threads(args.threads)
     recipe = Recipe()

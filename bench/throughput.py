@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit import synthetic  # noqa: E402
-from audit.backends.hf import HFAdapter  # noqa: E402
-from audit.cache import InferenceCache  # noqa: E402
-from audit.engine import Engine, default_token_budget  # noqa: E402
+from distill_audit import synthetic  # noqa: E402
+from distill_audit.backends.hf import HFAdapter  # noqa: E402
+from distill_audit.cache import InferenceCache  # noqa: E402
+from distill_audit.engine import Engine, default_token_budget  # noqa: E402
 
 TOP_K = 10
 MAX_SENTENCES = 10

@@ -61,7 +61,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit import synthetic  # noqa: E402
+from distill_audit import synthetic  # noqa: E402
 
 ZOO_VERSION = "3"
 

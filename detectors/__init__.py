@@ -5,18 +5,18 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from detectors.base import Detector, DetectorContext, Evidence, ModelHandle
-from detectors.fingerprint import TextIdiosyncrasy, TokenIdiosyncrasy
-from detectors.lineage import RepresentationSimilarity, WeightLineage
-from detectors.membership import LoggedVsFresh, TeacherTextLikelihood
-from detectors.output_similarity import (
+from distill_audit.detectors.base import Detector, DetectorContext, Evidence, ModelHandle
+from distill_audit.detectors.fingerprint import TextIdiosyncrasy, TokenIdiosyncrasy
+from distill_audit.detectors.lineage import RepresentationSimilarity, WeightLineage
+from distill_audit.detectors.membership import LoggedVsFresh, TeacherTextLikelihood
+from distill_audit.detectors.output_similarity import (
     JensenShannon,
     NextTokenAgreement,
     TextEditSimilarity,
     TextWordAgreement,
     TopKOverlap,
 )
-from detectors.radioactivity import WatermarkRadioactivity
+from distill_audit.detectors.radioactivity import WatermarkRadioactivity
 
 _BUILTIN: tuple[type[Detector], ...] = (
     NextTokenAgreement,

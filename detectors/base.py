@@ -13,10 +13,10 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
-from audit.engine import Engine
-from audit.logs import LogPairs
-from audit.watermark import WatermarkInputs
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
+from distill_audit.engine import Engine
+from distill_audit.logs import LogPairs
+from distill_audit.watermark import WatermarkInputs
 
 T = TypeVar("T")
 

@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.backends.base import Capability, GenerateParams
-from detectors import textsim
-from detectors.base import Detector, DetectorContext, Evidence, ModelHandle
-from detectors.output_similarity import greedy
-from detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_steps, top_gaps
+from distill_audit.backends.base import Capability, GenerateParams
+from distill_audit.detectors import textsim
+from distill_audit.detectors.base import Detector, DetectorContext, Evidence, ModelHandle
+from distill_audit.detectors.output_similarity import greedy
+from distill_audit.detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_steps, top_gaps
 
 SELECTION = (
     "leave-one-out: the places scored for each model are those where fewer than half of the other models "

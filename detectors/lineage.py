@@ -33,9 +33,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.backends.base import Capability, ModelAdapter, ScoredText
-from detectors.base import Detector, DetectorContext, DetectorSkipped, Evidence
-from detectors.panel import panel_evidence, suspects
+from distill_audit.backends.base import Capability, ModelAdapter, ScoredText
+from distill_audit.detectors.base import Detector, DetectorContext, DetectorSkipped, Evidence
+from distill_audit.detectors.panel import panel_evidence, suspects
 
 # -- weight lineage --------------------------------------------------------------------------------------
 

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from audit import stats
-from audit.backends.base import Capability, ScoredText
-from detectors import textsim
-from detectors.base import Detector, DetectorContext, Evidence
-from detectors.panel import (
+from distill_audit import stats
+from distill_audit.backends.base import Capability, ScoredText
+from distill_audit.detectors import textsim
+from distill_audit.detectors.base import Detector, DetectorContext, Evidence
+from distill_audit.detectors.panel import (
     PANEL_NULL,
     PANEL_TEST,
     comparison_evidence,

@@ -22,10 +22,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from audit.backends.base import Capability, GenerateParams
-from detectors import textsim
-from detectors.base import Detector, DetectorContext, Evidence
-from detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_steps, top_gaps
+from distill_audit.backends.base import Capability, GenerateParams
+from distill_audit.detectors import textsim
+from distill_audit.detectors.base import Detector, DetectorContext, Evidence
+from distill_audit.detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_steps, top_gaps
 
 # -- token level -----------------------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from audit import stats
-from audit.backends.base import GenerateParams, Generation, ScoredText
-from detectors.base import DetectorContext, Evidence, ModelHandle
+from distill_audit import stats
+from distill_audit.backends.base import GenerateParams, Generation, ScoredText
+from distill_audit.detectors.base import DetectorContext, Evidence, ModelHandle
 
 PANEL_TEST = (
     "intersection-union of (a) one-sided Wilcoxon signed-rank across prompts against each reference and "

@@ -28,10 +28,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
-from audit import fingerprint as fp
-from audit.backends.base import Capability, ModelAdapter
-from audit.errors import CapabilityError
-from audit.watermark import (
+from distill_audit import fingerprint as fp
+from distill_audit.backends.base import Capability, ModelAdapter
+from distill_audit.detectors.base import Detector, DetectorContext, Evidence
+from distill_audit.detectors.panel import teacher_sampling
+from distill_audit.errors import CapabilityError
+from distill_audit.watermark import (
     Pair,
     ScoredTokens,
     WatermarkInputs,
@@ -42,8 +44,6 @@ from audit.watermark import (
     teacher_tokenizer,
     tuples_in,
 )
-from detectors.base import Detector, DetectorContext, Evidence
-from detectors.panel import teacher_sampling
 
 MODES = ("auto", "reading", "generation")
 

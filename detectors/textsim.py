@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from audit.backends.base import ScoredText
+from distill_audit.backends.base import ScoredText
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

@@ -8,8 +8,8 @@ from typing import Any, Callable, Mapping
 
 import jinja2
 
-from reports.charts import number
-from reports.view import build_view, code_point, show_hidden, untrusted, visible
+from distill_audit.reports.charts import number
+from distill_audit.reports.view import build_view, code_point, show_hidden, untrusted, visible
 
 
 def _p_value(p: float | None) -> str:
@@ -20,7 +20,7 @@ def _p_value(p: float | None) -> str:
 
 def template_environment(finalize: Callable[[Any], Any] | None = None) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("reports", "templates"),
+        loader=jinja2.PackageLoader("distill_audit.reports", "templates"),
         autoescape=jinja2.select_autoescape(["html", "htm", "xml", "html.j2"]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

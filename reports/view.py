@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from markupsafe import Markup, escape
 
-from reports.charts import detector_chart, finite, forest_plot, heat_map, histogram, number
+from distill_audit.reports.charts import detector_chart, finite, forest_plot, heat_map, histogram, number
 
 PLAIN_LABEL = {
     "distilled": "The evidence says the student was distilled from the teacher.",

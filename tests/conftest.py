@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audit import synthetic
+from distill_audit import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 3600) -> subproces
     """Run the installed command line for real, as a user would."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
-        [sys.executable, "-m", "audit", *args],
+        [sys.executable, "-m", "distill_audit", *args],
         capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout, env=env,
     )
 

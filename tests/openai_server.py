@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from audit.backends.base import GenerateParams
-from audit.backends.hf import HFAdapter
+from distill_audit.backends.base import GenerateParams
+from distill_audit.backends.hf import HFAdapter
 
 
 class ModelServer:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from audit.aggregate import verdict
-from detectors.base import Evidence
+from distill_audit.aggregate import verdict
+from distill_audit.detectors.base import Evidence
 
 
 def _ev(name: str, p: float, *, planted: float = math.nan, rules_out: bool = False) -> Evidence:

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from audit.backends.base import GenerateParams
-from audit.backends.hf import HFAdapter
-from audit.cache import InferenceCache
-from audit.engine import Engine
-from audit.logs import LoggedOutput, pair_outputs
-from detectors.base import DetectorContext, ModelHandle
-from detectors.membership import LoggedVsFresh
+from distill_audit.backends.base import GenerateParams
+from distill_audit.backends.hf import HFAdapter
+from distill_audit.cache import InferenceCache
+from distill_audit.detectors.base import DetectorContext, ModelHandle
+from distill_audit.detectors.membership import LoggedVsFresh
+from distill_audit.engine import Engine
+from distill_audit.logs import LoggedOutput, pair_outputs
 from tests.conftest import cli
 
 

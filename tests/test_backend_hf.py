@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from audit.backends.base import Capability, GenerateParams
-from audit.backends.hf import HFAdapter, LoadOptions
-from audit.errors import ModelLoadError
+from distill_audit.backends.base import Capability, GenerateParams
+from distill_audit.backends.hf import HFAdapter, LoadOptions
+from distill_audit.errors import ModelLoadError
 
 TEXTS = [
     "Runo lee dau neni.",

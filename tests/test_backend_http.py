@@ -21,12 +21,12 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from audit.backends.base import Capability, GenerateParams
-from audit.backends.hf import HFAdapter
-from audit.backends.http import HTTPSettings, RemoteError
-from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
-from audit.errors import UsageError
-from detectors import REGISTRY
+from distill_audit.backends.base import Capability, GenerateParams
+from distill_audit.backends.hf import HFAdapter
+from distill_audit.backends.http import HTTPSettings, RemoteError
+from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel
+from distill_audit.detectors import REGISTRY
+from distill_audit.errors import UsageError
 from tests.conftest import REPO, cli
 
 PROMPTS = ["The cat sat on the", "Once upon a time", "A B C", "Numbers: 1 2 3"]
@@ -331,7 +331,7 @@ def test_a_killed_audit_resumes_without_resending_answered_requests(llama_dir: P
         # after connecting, `answered` requests are answered and the rest hang until released
         s.faults({"path": "/v1/completions", "kind": "hang", "after": probing + answered, "times": 1000})
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        proc = subprocess.Popen([sys.executable, "-m", "audit", *args], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "distill_audit", *args], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         db = tmp_path / "cache" / "inference-v1.sqlite"
         deadline = time.monotonic() + 1800  # a hang guard: a busy machine loads the models slowly
@@ -366,8 +366,8 @@ def test_a_killed_audit_resumes_without_resending_answered_requests(llama_dir: P
 
 
 def test_the_cache_holds_only_complete_answers(fresh: Served, tmp_path: Path) -> None:
-    from audit.cache import InferenceCache
-    from audit.engine import Engine
+    from distill_audit.cache import InferenceCache
+    from distill_audit.engine import Engine
 
     remote = connect(fresh)
     _waits(remote)
@@ -398,7 +398,7 @@ def test_ctrl_c_stops_requests_in_flight_at_once(llama_dir: Path, tmp_path: Path
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         # Ctrl-C must reach the audit even when this test runs under a shell that ignores SIGINT in background jobs
         # (nohup, `cmd &`): an ignored SIGINT is inherited, and Python then installs no handler of its own
-        proc = subprocess.Popen([sys.executable, "-m", "audit", *args], cwd=REPO, env=env, text=True,
+        proc = subprocess.Popen([sys.executable, "-m", "distill_audit", *args], cwd=REPO, env=env, text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:

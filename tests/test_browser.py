@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from reports import render_html
+from distill_audit.reports import render_html
 from tests.test_reports import _hostile
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import main
-from audit.result import SCHEMA_VERSION, stable_view
+from distill_audit.cli import main
+from distill_audit.result import SCHEMA_VERSION, stable_view
 from tests.conftest import REPO, cli
 
 
@@ -50,7 +50,7 @@ def test_result_document_has_what_a_review_needs(demo_run: dict[str, Any]) -> No
         assert m["source"] and m["runtime"]["device"]
     (ps,) = r["probe_sets"]
     assert ps["n"] == 100 and len(ps["hash"]) == 64
-    from detectors import REGISTRY
+    from distill_audit.detectors import REGISTRY
 
     # every detector ran or says why not, and the omnibus panel test combines the panel detectors (first)
     assert r["evidence"][0]["detector"] == "panel-omnibus"
@@ -108,7 +108,7 @@ def test_killed_audit_resumes_without_repeating_finished_work(demo_run: dict[str
     common = ["--no-negative-controls", "--n-probes", "40", *[a for d in chosen for a in ("--detector", d)]]
     args = _run_args(demo_run["models"], probes, tmp_path / "out", "--cache-dir", str(cache), "--batch-tokens", "40",
                      *common)
-    proc = subprocess.Popen([sys.executable, "-m", "audit", *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "distill_audit", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = cache / "inference-v1.sqlite"
     deadline = time.time() + 120
@@ -180,7 +180,7 @@ def test_black_box_teacher_runs_the_text_detectors_and_says_why_the_rest_are_ski
 
 
 def test_cauchy_combination_is_chosen_and_recorded(demo_run: dict[str, Any], tmp_path: Path) -> None:
-    from audit import stats
+    from distill_audit import stats
 
     r = _audit(demo_run, tmp_path, "--combine", "cauchy", "--detector", "next-token-agreement",
                "--detector", "top-k-overlap", "--no-negative-controls")
@@ -193,7 +193,7 @@ def test_cauchy_combination_is_chosen_and_recorded(demo_run: dict[str, Any], tmp
 
 
 def test_fail_on_gates_name_every_label_at_or_above_them() -> None:
-    from audit.cli import GATES
+    from distill_audit.cli import GATES
 
     assert set(GATES["distilled"]) == {"distilled"}
     assert set(GATES["inconclusive"]) == {"distilled", "inconclusive"}

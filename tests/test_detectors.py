@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from audit.backends.base import Capability
-from audit.backends.hf import HFAdapter
-from audit.cache import InferenceCache
-from audit.demo import demo_prompts
-from audit.engine import Engine
-from audit.logs import load_outputs, pair_outputs
-from detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
+from distill_audit.backends.base import Capability
+from distill_audit.backends.hf import HFAdapter
+from distill_audit.cache import InferenceCache
+from distill_audit.demo import demo_prompts
+from distill_audit.detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
+from distill_audit.engine import Engine
+from distill_audit.logs import load_outputs, pair_outputs
 
 ROLES = {"teacher", "student", "reference"}
 

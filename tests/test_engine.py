@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from audit.backends.base import GenerateParams, ScoredText
-from audit.backends.hf import HFAdapter
-from audit.cache import InferenceCache
-from audit.engine import Engine, pack_batches
-from audit.errors import ProbeTooLongError
+from distill_audit.backends.base import GenerateParams, ScoredText
+from distill_audit.backends.hf import HFAdapter
+from distill_audit.cache import InferenceCache
+from distill_audit.engine import Engine, pack_batches
+from distill_audit.errors import ProbeTooLongError
 
 TEXTS = [("Runo lee dau neni. " * (i % 5 + 1)).strip() for i in range(23)] + ["Kise", "Kise"]
 

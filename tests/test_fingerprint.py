@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from audit import fingerprint as fp
-from audit.backends.hf import HFAdapter
+from distill_audit import fingerprint as fp
+from distill_audit.backends.hf import HFAdapter
 
 
 def test_resharding_keeps_the_weights_fingerprint(tmp_path: Path, llama_dir: Path) -> None:

@@ -21,12 +21,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from audit.backends.base import GenerateParams
-from audit.backends.transcript import TranscriptAdapter
-from audit.errors import UsageError
-from audit.logs import LoggedOutput, LogPairs, load_outputs, pair_outputs
-from audit.probes import ProbeSet, load_probe_set
-from audit.watermark import KEY_FORMAT, MAX_CONTEXT_WIDTH, MAX_VOCAB_SIZE, SECRET_BYTES, WatermarkKey, read_key
+from distill_audit.backends.base import GenerateParams
+from distill_audit.backends.transcript import TranscriptAdapter
+from distill_audit.errors import UsageError
+from distill_audit.logs import LoggedOutput, LogPairs, load_outputs, pair_outputs
+from distill_audit.probes import ProbeSet, load_probe_set
+from distill_audit.watermark import KEY_FORMAT, MAX_CONTEXT_WIDTH, MAX_VOCAB_SIZE, SECRET_BYTES, WatermarkKey, read_key
 from tests.conftest import cli
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -444,7 +444,7 @@ _PLAIN = st.sampled_from(["<f4", "<f8", "<i8", "<i4", "|b1", "<U7", "|S5", "<u2"
                       unique_by=lambda s: s[0]),
        seed=st.integers(0, 2**32 - 1))
 def test_cache_values_read_back_exactly(specs: list[tuple[str, str, list[int]]], seed: int) -> None:
-    from audit.cache import pack_arrays, unpack_arrays
+    from distill_audit.cache import pack_arrays, unpack_arrays
 
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -463,7 +463,7 @@ def test_cache_values_read_back_exactly(specs: list[tuple[str, str, list[int]]],
 @given(data=st.binary(max_size=200) | st.builds(lambda h, tail: b"DAC4" + struct.pack("<I", len(h)) + h + tail,
                                                  st.text(max_size=80).map(str.encode), st.binary(max_size=40)))
 def test_a_forged_cache_value_is_a_value_error_never_a_crash(data: bytes) -> None:
-    from audit.cache import unpack_arrays
+    from distill_audit.cache import unpack_arrays
 
     try:
         unpack_arrays(data)
@@ -480,7 +480,7 @@ def test_a_forged_cache_value_is_a_value_error_never_a_crash(data: bytes) -> Non
     '{"a": 1}',
 ])
 def test_cache_value_headers_that_could_harm_are_refused(header: str) -> None:
-    from audit.cache import unpack_arrays
+    from distill_audit.cache import unpack_arrays
 
     h = header.encode()
     with pytest.raises(ValueError, match="unreadable cache value"):

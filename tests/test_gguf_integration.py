@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.backends.base import GenerateParams
-from audit.backends.hf import HFAdapter
+from distill_audit.backends.base import GenerateParams
+from distill_audit.backends.hf import HFAdapter
 
 
 def _gguf_file() -> Path | None:

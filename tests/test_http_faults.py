@@ -18,11 +18,11 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from audit.backends.base import GenerateParams
-from audit.backends.http import HTTPSettings, RedirectError, RemoteError
-from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
-from audit.backends.wire import Route, chat_logprobs, completion_logprobs, parse_json, tgi_prefill
-from audit.cache import unpack_arrays
+from distill_audit.backends.base import GenerateParams
+from distill_audit.backends.http import HTTPSettings, RedirectError, RemoteError
+from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel
+from distill_audit.backends.wire import Route, chat_logprobs, completion_logprobs, parse_json, tgi_prefill
+from distill_audit.cache import unpack_arrays
 from tests.conftest import cli
 from tests.conftest import one_line_error as _one_line_error
 from tests.test_backend_http import FAST, PROMPTS, Served, connect, serve
@@ -95,7 +95,7 @@ def test_an_echoed_key_is_redacted_before_anything_sees_it(llama_dir: Path, tmp_
     with serve(llama_dir, "--key", SECRET) as s:
         # every answer, from /models on, carries the key: in text, in top-log-prob keys, in extra fields
         s.faults({"kind": "key_in_text", "times": 10**6})
-        with caplog.at_level(logging.WARNING, logger="audit.backends.http"):
+        with caplog.at_level(logging.WARNING, logger="distill_audit.backends.http"):
             remote = connect(s, llama_dir, api_key_env="AUDIT_TEST_KEY", transcript=tmp_path / "t.jsonl")
             assert remote.runtime["discovery"]["models_entry"]["owned_by"] == "[REDACTED]"
             gens = remote.generate(PROMPTS, GenerateParams(max_new_tokens=5, top_k=3))
@@ -262,7 +262,7 @@ def test_the_answer_checks_cover_chat_and_tgi_shapes() -> None:
 
 
 def test_strict_json_refuses_what_python_would_accept() -> None:
-    from audit.backends.wire import NonFiniteNumber
+    from distill_audit.backends.wire import NonFiniteNumber
 
     assert parse_json(b'{"a": [1.5, -2, "NaN"]}') == {"a": [1.5, -2, "NaN"]}
     for raw in (b"[NaN]", b"[Infinity]", b"[-Infinity]", b"[1e999]", b"[-1e400]"):
@@ -379,8 +379,8 @@ def test_a_server_replaced_behind_the_same_url_is_another_model(llama_dir: Path)
 
 def test_cached_api_answers_are_used_within_their_lifetime_and_asked_again_after(fresh: Served,
                                                                                   tmp_path: Path) -> None:
-    from audit.cache import InferenceCache
-    from audit.engine import Engine
+    from distill_audit.cache import InferenceCache
+    from distill_audit.engine import Engine
 
     remote = connect(fresh)
     params = GenerateParams(max_new_tokens=4)

@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from audit.backends.hf import HFAdapter, LoadOptions
-from audit.cache import CacheError, InferenceCache
-from audit.cli import main
-from audit.engine import Engine
-from audit.errors import InvalidAnswerError, ModelLoadError, UsageError
-from audit.outputs import check_output_dir, write_together
+from distill_audit.backends.hf import HFAdapter, LoadOptions
+from distill_audit.cache import CacheError, InferenceCache
+from distill_audit.cli import main
+from distill_audit.engine import Engine
+from distill_audit.errors import InvalidAnswerError, ModelLoadError, UsageError
+from distill_audit.outputs import check_output_dir, write_together
 
 TEXTS = [" ".join(["Runo lee dau neni."] * (i % 4 + 1) + ["Kise"] * (i // 4)) for i in range(12)]
 
@@ -253,7 +253,7 @@ def test_values_swapped_between_entries_fail_their_checksum_and_are_recomputed(t
 
 def test_a_value_that_passes_its_checksum_but_does_not_read_back_is_recomputed(tmp_path: Path,
                                                                               llama_dir: Path) -> None:
-    from audit.cache import checksum
+    from distill_audit.cache import checksum
 
     adapter = HFAdapter.load(str(llama_dir))
     path = tmp_path / "cache.sqlite"
@@ -306,7 +306,7 @@ def test_answers_older_than_their_lifetime_are_not_used(tmp_path: Path) -> None:
 
 
 def test_api_cache_lifetime_flags() -> None:
-    from audit.cli import _duration
+    from distill_audit.cli import _duration
 
     assert _duration("90") == 90 and _duration("30m") == 1800 and _duration("7d") == 7 * 86400
     assert _duration("forever") is None
@@ -403,9 +403,9 @@ def test_repeated_probes_are_one_unit_of_evidence_end_to_end(tmp_path: Path, tok
 
 
 def test_repeated_logged_answers_are_named_in_the_warnings() -> None:
-    from audit.logs import LoggedOutput, pair_outputs
-    from audit.probes import ProbeSet
-    from audit.runner import duplicate_warnings
+    from distill_audit.logs import LoggedOutput, pair_outputs
+    from distill_audit.probes import ProbeSet
+    from distill_audit.runner import duplicate_warnings
 
     logged = [LoggedOutput("p", "same answer", 1)] * 5 + [LoggedOutput("p", "another answer", 6)]
     fresh = [LoggedOutput("p", f"fresh {i}", i) for i in range(2)]

@@ -11,12 +11,12 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from audit import synthetic
-from audit.backends.hf import HFAdapter
-from audit.cache import InferenceCache
-from audit.engine import Engine
-from detectors.base import DetectorContext, DetectorSkipped, ModelHandle
-from detectors.lineage import RepresentationSimilarity, linear_cka, weight_lineage_test, word_spans, word_vectors
+from distill_audit import synthetic
+from distill_audit.backends.hf import HFAdapter
+from distill_audit.cache import InferenceCache
+from distill_audit.detectors.base import DetectorContext, DetectorSkipped, ModelHandle
+from distill_audit.detectors.lineage import RepresentationSimilarity, linear_cka, weight_lineage_test, word_spans, word_vectors
+from distill_audit.engine import Engine
 from tests.conftest import cli
 
 # -- the permutation test on simulated weights -----------------------------------------------------------
@@ -172,8 +172,8 @@ def _cka_trial(rng: np.random.Generator, student_like_teacher: bool, n_refs: int
                words: int = 8, latent: int = 12, d: int = 16) -> float:
     """One simulated audit of representation-similarity: every model's word vectors are a random linear map of
     shared latent word features plus noise; under the null the student is drawn like any reference."""
-    from audit import stats
-    from detectors.lineage import cka_profile
+    from distill_audit import stats
+    from distill_audit.detectors.lineage import cka_profile
 
     z = [rng.standard_normal((words, latent)) for _ in range(texts)]
 
@@ -242,7 +242,7 @@ def test_two_texts_of_four_words_are_enough(tiny_panel: Any) -> None:
 
 def test_words_that_do_not_vary_within_a_text_skip(tiny_panel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every word of a text pooled to one vector: CKA across texts exists, per text it does not."""
-    import detectors.lineage as lineage
+    import distill_audit.detectors.lineage as lineage
 
     def same_vector_per_text(hidden: np.ndarray, scored: Any, spans: Any) -> np.ndarray:
         pooled = hidden.mean(axis=1, keepdims=True).astype(np.float64)
@@ -254,7 +254,7 @@ def test_words_that_do_not_vary_within_a_text_skip(tiny_panel: Any, monkeypatch:
 
 
 def test_cka_profile_refuses_nothing_to_compare() -> None:
-    from detectors.lineage import cka_profile
+    from distill_audit.detectors.lineage import cka_profile
 
     rng = np.random.default_rng(6)
     texts = [rng.standard_normal((2, 5, 4)) for _ in range(3)]

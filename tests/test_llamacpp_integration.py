@@ -17,9 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from audit.backends.base import Capability, GenerateParams
-from audit.backends.http import HTTPSettings
-from audit.backends.openai_compat import OpenAIAdapter, RemoteModel
+from distill_audit.backends.base import Capability, GenerateParams
+from distill_audit.backends.http import HTTPSettings
+from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel
 from tests.conftest import cli
 from tests.test_gguf_integration import GGUF
 

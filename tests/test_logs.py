@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.errors import UsageError
-from audit.logs import LoggedOutput, distinct_outputs, load_outputs, pair_outputs
+from distill_audit.errors import UsageError
+from distill_audit.logs import LoggedOutput, distinct_outputs, load_outputs, pair_outputs
 
 
 def _write(path: Path, lines: list[object]) -> Path:
@@ -96,7 +96,7 @@ def test_loading_keeps_every_line_and_says_how_many_repeat(tmp_path: Path, caplo
     lines: list[object] = [{"prompt": "a", "completion": "b"} for _ in range(3)]
     lines.append({"prompt": "a", "completion": "c"})
     path = _write(tmp_path / "l.jsonl", lines)
-    with caplog.at_level(logging.WARNING, logger="audit.logs"):
+    with caplog.at_level(logging.WARNING, logger="distill_audit.logs"):
         out = load_outputs(path, "--teacher-fresh")
     assert [o.line for o in out] == [1, 2, 3, 4]
     assert "--teacher-fresh" in caplog.text and "2 line(s) repeat an earlier line's prompt and completion" in caplog.text

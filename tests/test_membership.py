@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.backends.base import Capability, GenerateParams
-from audit.backends.hf import HFAdapter
-from audit.backends.restrict import RestrictedAdapter, restrict
-from audit.errors import CapabilityError
-from detectors.membership import membership_scores
+from distill_audit.backends.base import Capability, GenerateParams
+from distill_audit.backends.hf import HFAdapter
+from distill_audit.backends.restrict import RestrictedAdapter, restrict
+from distill_audit.detectors.membership import membership_scores
+from distill_audit.errors import CapabilityError
 
 
 @pytest.fixture(scope="module")

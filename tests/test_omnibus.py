@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from audit import omnibus, stats
-from detectors.base import Evidence
+from distill_audit import omnibus, stats
+from distill_audit.detectors.base import Evidence
 
 
 def _fpr_bound(alpha: float, n_sim: int) -> float:

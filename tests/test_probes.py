@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.errors import ProbeSetError
-from audit.probes import ProbeSet, load_probe_set
+from distill_audit.errors import ProbeSetError
+from distill_audit.probes import ProbeSet, load_probe_set
 
 
 def test_builtin_default_set_is_large_diverse_and_hashed() -> None:
@@ -76,7 +76,7 @@ def _twelve_prompts_thirty_times(tmp_path: Path, suffix: str) -> Path:
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
 def test_repeated_prompts_are_one_probe_each_and_counted(tmp_path: Path, suffix: str,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="audit.probes"):
+    with caplog.at_level(logging.WARNING, logger="distill_audit.probes"):
         ps = load_probe_set(str(_twelve_prompts_thirty_times(tmp_path, suffix)))
     assert ps.prompts == tuple(f"prompt number {i}" for i in range(12))  # first occurrences, in file order
     assert (ps.n_total, ps.n_duplicates) == (12, 348)

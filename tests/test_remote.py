@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audit import fingerprint as fp
-from audit import synthetic
-from audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
-from audit.errors import ModelLoadError
+from distill_audit import fingerprint as fp
+from distill_audit import synthetic
+from distill_audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
+from distill_audit.errors import ModelLoadError
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import main
-from audit.result import SCHEMA_VERSION, write_result
-from reports import render_html, render_markdown
+import distill_audit.outputs
+from distill_audit.cli import main
+from distill_audit.reports import render_html, render_markdown
+from distill_audit.result import SCHEMA_VERSION, write_result
 
 HOSTILE = ('<script>alert(1)</script></style><a href="javascript:alert(2)">x</a> &lt;b&gt; '
            '\u202egnp.exe\u202c zero\u200bwidth <img src=x onerror=alert(3)> line\u2028para\u2029graph')
@@ -133,12 +134,11 @@ def test_a_failed_render_leaves_no_partial_report(result: dict[str, Any], tmp_pa
     def broken(_: Any) -> str:
         raise OSError(28, "No space left on device")
 
-    import audit.outputs
 
-    real_replace = audit.outputs.os.replace
-    monkeypatch.setattr(audit.outputs.os, "replace", lambda *a: broken(a))
+    real_replace = distill_audit.outputs.os.replace
+    monkeypatch.setattr(distill_audit.outputs.os, "replace", lambda *a: broken(a))
     out = CliRunner().invoke(main, ["render", str(path)])
-    monkeypatch.setattr(audit.outputs.os, "replace", real_replace)
+    monkeypatch.setattr(distill_audit.outputs.os, "replace", real_replace)
     assert out.exit_code == 1 and "No space left on device" in out.stderr
     assert (tmp_path / "report.html").read_text() == "previous report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "result.json"]  # no temporary left
@@ -152,7 +152,7 @@ def test_html_snapshot_of_a_fixed_result() -> None:
     ``UPDATE_SNAPSHOTS=1 python -m pytest tests/test_reports.py`` and review the diff of the snapshot."""
     import os
 
-    from audit.result import read_result
+    from distill_audit.result import read_result
 
     html = render_html(read_result(DATA / "fixed-result.json"))
     snapshot = DATA / "fixed-report.html"
@@ -183,7 +183,7 @@ def _edited(value: Any) -> Any:
 
 @pytest.fixture()
 def edited() -> dict[str, Any]:
-    from audit.result import schema_problem
+    from distill_audit.result import schema_problem
 
     doc = json.loads((DATA / "fixed-result.json").read_text(encoding="utf-8"))
     for e in doc["evidence"]:  # hostile keys where the report shows keys: reference names in the charts
@@ -257,7 +257,7 @@ def test_line_and_paragraph_separators_show_as_code_points_in_html() -> None:
 
 
 def test_the_printed_summary_shows_terminal_escapes_as_code_points() -> None:
-    from reports import render_summary
+    from distill_audit.reports import render_summary
 
     doc = json.loads((DATA / "fixed-result.json").read_text(encoding="utf-8"))
     doc["verdict"]["warnings"] = ["\u001b[2J\u001b]0;owned\u0007 \u202eevil"]
@@ -345,7 +345,7 @@ def _svg(html: str, cls: str) -> str:
 
 
 def test_a_1_3_result_is_valid_and_the_summary_leads_before_the_cards(fixed: dict[str, Any]) -> None:
-    from audit.result import schema_problem
+    from distill_audit.result import schema_problem
 
     doc = _with_primary(fixed)
     assert schema_problem(doc) is None
@@ -386,7 +386,7 @@ def test_the_forest_plot_draws_each_line_relative_to_its_margin(fixed: dict[str,
 
 
 def test_the_forest_plot_keeps_non_finite_values_off_the_chart() -> None:
-    from reports.charts import forest_plot
+    from distill_audit.reports.charts import forest_plot
 
     plot = forest_plot([{"line": "a", "effect_size": float("nan"), "margin": 0.1, "ci_low": 0.0, "ci_high": 1.0},
                         {"line": "b", "effect_size": 0.1, "margin": 0.0, "ci_low": 0.0, "ci_high": 0.2},
@@ -412,7 +412,7 @@ def test_the_attribution_table_marks_the_closest_candidate(fixed: dict[str, Any]
 
 
 def test_the_not_tested_attribution_note_is_a_visible_warning(fixed: dict[str, Any]) -> None:
-    from reports import render_summary
+    from distill_audit.reports import render_summary
 
     html = render_html(_with_primary(fixed, tested=False))
     notice = re.search(r'<div class="notice" role="note"><p><strong>Not tested:</strong> (.*?)</p></div>', html)
@@ -441,7 +441,7 @@ def test_the_logged_vs_fresh_card_shows_the_distribution_of_differences(fixed: d
 
 
 def test_the_histogram_bins_every_finite_value_once() -> None:
-    from reports.charts import histogram
+    from distill_audit.reports.charts import histogram
 
     values: list[Any] = [3.0] * 7 + [None, "x", True, float("nan")]
     h = histogram(values, "difference")
@@ -480,7 +480,7 @@ def test_hostile_attribution_source_and_notes_are_inert(fixed: dict[str, Any]) -
 
 
 def test_every_string_of_an_edited_1_3_result_is_inert(fixed: dict[str, Any]) -> None:
-    from audit.result import schema_problem
+    from distill_audit.result import schema_problem
 
     plain = _with_primary(fixed)
     doc = _edited(plain)
@@ -495,7 +495,7 @@ def test_every_string_of_an_edited_1_3_result_is_inert(fixed: dict[str, Any]) ->
 
 
 def test_markdown_and_text_summaries_lead_with_the_primary_lines(fixed: dict[str, Any]) -> None:
-    from reports import render_summary
+    from distill_audit.reports import render_summary
 
     doc = _with_primary(fixed)
     md = render_markdown(doc)

@@ -13,9 +13,9 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-import audit.outputs
-from audit.errors import ResultSchemaError
-from audit.result import (
+import distill_audit.outputs
+from distill_audit.errors import ResultSchemaError
+from distill_audit.result import (
     SCHEMA_VERSION,
     InvalidResultFileError,
     current_umask,
@@ -104,6 +104,6 @@ def test_written_files_follow_the_umask(umask: None, tmp_path: Path, mask: int, 
 def test_the_umask_is_read_and_left_as_it_was(umask: None, monkeypatch: pytest.MonkeyPatch) -> None:
     os.umask(0o027)
     assert current_umask() == 0o027
-    monkeypatch.setattr(audit.outputs, "_PROC_STATUS", "/nonexistent/status")  # a system without /proc
+    monkeypatch.setattr(distill_audit.outputs, "_PROC_STATUS", "/nonexistent/status")  # a system without /proc
     assert current_umask() == 0o027
     assert os.umask(0o027) == 0o027  # and it is left as it was

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
-from audit.cli import main
-from audit.errors import ResultSchemaError
-from audit.result import SCHEMA_FILE, dumps, result_schema, schema_problem, schema_text, write_result
+from distill_audit.cli import main
+from distill_audit.errors import ResultSchemaError
+from distill_audit.result import SCHEMA_FILE, dumps, result_schema, schema_problem, schema_text, write_result
 
 DATA = Path(__file__).parent / "data"
 Edit = Callable[[dict[str, Any]], None]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from audit import stats
+from distill_audit import stats
 
 N_SIM = 2000
 
@@ -146,7 +146,7 @@ def test_leave_one_out_idiosyncrasy_is_valid_and_powerful(copy: float) -> None:
     """The idiosyncrasy detector's selection (places where the *other* models disagree with the teacher)
     keeps the student exchangeable with the references under the null, so the panel test stays valid;
     a student copying the teacher's choices half the time is caught."""
-    from detectors.fingerprint import _leave_one_out
+    from distill_audit.detectors.fingerprint import _leave_one_out
 
     rng = np.random.default_rng(11)
     n_sim, n_prompts, places, k_refs, alpha = 300, 40, 12, 4, 0.05
@@ -174,7 +174,7 @@ def test_reading_design_is_valid_and_powerful(familiar: float) -> None:
     """teacher-text-likelihood: every model reads every other model's text and the teacher's. Models differ
     in overall skill (bits per byte on everything) and texts in difficulty; under the null the student is one
     more independent model. A student that trained on the teacher's text finds it easier by ``familiar``."""
-    from detectors.membership import reading_advantage
+    from distill_audit.detectors.membership import reading_advantage
 
     rng = np.random.default_rng(5)
     n_sim, n_prompts, k_refs, alpha = 300, 60, 4, 0.05

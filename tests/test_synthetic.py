@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audit import synthetic
+from distill_audit import synthetic
 
 # Ids of the default tokenizer (byte-level BPE on Grammar(seed=0)) for two fixed sentences, recorded
 # before tokenizer kinds were added: the demo's cached models depend on them staying the same.

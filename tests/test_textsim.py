@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.backends.hf import HFAdapter
-from detectors import textsim
-from detectors.output_similarity import topk_js_divergence
+from distill_audit.backends.hf import HFAdapter
+from distill_audit.detectors import textsim
+from distill_audit.detectors.output_similarity import topk_js_divergence
 
 
 def _textbook_levenshtein(a: str, b: str) -> int:

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audit import synthetic
-from audit.backends.base import Capability, GenerateParams, ModelAdapter
-from audit.backends.remote import UNKNOWN_ID, TokenMap
-from audit.backends.transcript import CUT_CHARS, CUT_LOGGED, CUT_TOKENIZER, TranscriptAdapter, load_transcript
-from audit.errors import CapabilityError, UsageError
+from distill_audit import synthetic
+from distill_audit.backends.base import Capability, GenerateParams, ModelAdapter
+from distill_audit.backends.remote import UNKNOWN_ID, TokenMap
+from distill_audit.backends.transcript import CUT_CHARS, CUT_LOGGED, CUT_TOKENIZER, TranscriptAdapter, load_transcript
+from distill_audit.errors import CapabilityError, UsageError
 
 
 def write(path: Path, *lines: Any) -> Path:
@@ -372,7 +372,7 @@ def test_a_prompt_logged_again_is_one_probe_and_the_repeats_are_counted(tmp_path
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "t.jsonl", {"prompt": "a", "completion": "first"}, {"prompt": "a", "completion": "first"},
                  {"prompt": "b", "completion": "bee"}, {"prompt": "a", "completion": "other"})
-    with caplog.at_level(logging.WARNING, logger="audit.backends.transcript"):
+    with caplog.at_level(logging.WARNING, logger="distill_audit.backends.transcript"):
         adapter = TranscriptAdapter.load(path)
     assert adapter.prompts == ["a", "b"] and adapter.duplicate_prompts == 2
     assert adapter.runtime["duplicate_prompts"] == 2 and adapter.runtime["entries"] == 4
@@ -381,7 +381,7 @@ def test_a_prompt_logged_again_is_one_probe_and_the_repeats_are_counted(tmp_path
     (g,) = adapter.generate(["a"], GenerateParams(max_new_tokens=50))
     assert g.text == "first"
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="audit.backends.transcript"):
+    with caplog.at_level(logging.WARNING, logger="distill_audit.backends.transcript"):
         assert TranscriptAdapter.load(write(tmp_path / "u.jsonl", {"prompt": "a", "completion": "x"})).duplicate_prompts == 0
     assert caplog.text == ""
 

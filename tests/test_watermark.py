@@ -19,18 +19,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from audit import synthetic
-from audit import watermark as wm
-from audit.backends.base import Capability
-from audit.backends.hf import HFAdapter
-from audit.cache import InferenceCache
-from audit.cli import main
-from audit.engine import Engine
-from audit.errors import UsageError
-from audit.logs import LoggedOutput
-from audit.runner import _run_detectors
-from detectors import REGISTRY, DetectorContext, ModelHandle
-from detectors.radioactivity import RadioactivityParams, WatermarkRadioactivity
+from distill_audit import synthetic
+from distill_audit import watermark as wm
+from distill_audit.backends.base import Capability
+from distill_audit.backends.hf import HFAdapter
+from distill_audit.cache import InferenceCache
+from distill_audit.cli import main
+from distill_audit.detectors import REGISTRY, DetectorContext, ModelHandle
+from distill_audit.detectors.radioactivity import RadioactivityParams, WatermarkRadioactivity
+from distill_audit.engine import Engine
+from distill_audit.errors import UsageError
+from distill_audit.logs import LoggedOutput
+from distill_audit.runner import _run_detectors
 from tests.conftest import cli
 
 GRAMMAR = synthetic.Grammar()  # the language tokenizer_dir was built on

@@ -144,7 +144,7 @@ def test_reuse_and_rebuild(built: tuple[Path, list[zoo.World], list[zoo.Pair], l
 
 
 def test_every_model_loads_in_the_backend(built: tuple[Path, list[zoo.World], list[zoo.Pair], list[str]]) -> None:
-    from audit.backends.hf import HFAdapter
+    from distill_audit.backends.hf import HFAdapter
 
     _, worlds, pairs, _ = built
     for path in [w.teacher for w in worlds] + [r for w in worlds for r in w.references] + [p.student for p in pairs]:

@@ -18,9 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from audit import fingerprint as fp
-from audit.backends.base import Capability, GenerateParams, Generation, ScoredText
-from audit.errors import ModelLoadError
+from distill_audit import fingerprint as fp
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ScoredText
+from distill_audit.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

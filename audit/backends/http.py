@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from audit import __version__
-from audit.backends.wire import (
+from distill_audit import __version__
+from distill_audit.backends.wire import (
     REDACTED,
     NonFiniteNumber,
     RemoteError,
@@ -52,7 +52,7 @@ from audit.backends.wire import (
     retry_after,
     server_message,
 )
-from audit.errors import UsageError
+from distill_audit.errors import UsageError
 
 __all__ = ["REDACTED", "Endpoint", "HTTPSettings", "JSONClient", "RedirectError", "RejectedError", "RemoteError",
            "Transcript", "parse_endpoint", "redact"]

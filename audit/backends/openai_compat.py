@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from audit.backends.base import Capability, GenerateParams, Generation, ScoredText
-from audit.backends.http import (
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ScoredText
+from distill_audit.backends.http import (
     HTTPSettings,
     JSONClient,
     RejectedError,
@@ -43,8 +43,8 @@ from audit.backends.http import (
     Transcript,
     parse_endpoint,
 )
-from audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
-from audit.backends.wire import (
+from distill_audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
+from distill_audit.backends.wire import (
     Route,
     chat_logprobs,
     choice,
@@ -56,7 +56,7 @@ from audit.backends.wire import (
     token_ids,
     top_arrays,
 )
-from audit.errors import CapabilityError, UsageError
+from distill_audit.errors import CapabilityError, UsageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from audit import fingerprint as fp
-from audit.errors import ModelLoadError
+from distill_audit import fingerprint as fp
+from distill_audit.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
-from audit.errors import CapabilityError
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
+from distill_audit.errors import CapabilityError
 
 ACCESS_MODES: dict[str, frozenset[Capability]] = {
     "white": frozenset(Capability),

@@ -34,10 +34,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.backends.base import Capability, GenerateParams, Generation, ScoredText
-from audit.backends.remote import TOKEN_ID_PREFIX, UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
-from audit.errors import CapabilityError, UsageError
-from audit.logs import BadJSON, jsonl_lines, key_list, lone_surrogate, parse_json, read_user_file, shown
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ScoredText
+from distill_audit.backends.remote import TOKEN_ID_PREFIX, UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
+from distill_audit.errors import CapabilityError, UsageError
+from distill_audit.logs import BadJSON, jsonl_lines, key_list, lone_surrogate, parse_json, read_user_file, shown
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids
-from audit.errors import AuditError
+from distill_audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids
+from distill_audit.errors import AuditError
 
 REDACTED = "[REDACTED]"
 LOGPROB_TOLERANCE = 1e-3  # a log-prob up to this far above 0 is rounding (read as 0); beyond it, an error
