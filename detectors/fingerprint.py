@@ -25,7 +25,14 @@ from distill_audit.backends.base import Capability, GenerateParams
 from distill_audit.detectors import textsim
 from distill_audit.detectors.base import Detector, DetectorContext, Evidence, ModelHandle
 from distill_audit.detectors.output_similarity import greedy
-from distill_audit.detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_steps, top_gaps
+from distill_audit.detectors.panel import (
+    PANEL_NULL,
+    TEACHER_STEPS_NEEDS,
+    panel_evidence,
+    suspects,
+    teacher_steps,
+    top_gaps,
+)
 
 SELECTION = (
     "leave-one-out: the places scored for each model are those where fewer than half of the other models "
@@ -68,11 +75,7 @@ def _leave_one_out(choices: dict[str, np.ndarray], teacher: np.ndarray) -> dict[
 class TokenIdiosyncrasy(Detector):
     name = "idiosyncrasy-tokens"
     summary = "Where the teacher's top-1 token departs from the other models', the student follows the teacher"
-    requires = {
-        "teacher": frozenset({Capability.GENERATE, Capability.GENERATE_TOPK}),
-        "student": frozenset({Capability.SCORE_TOPK}),
-        "reference": frozenset({Capability.SCORE_TOPK}),
-    }
+    requires = TEACHER_STEPS_NEEDS
     min_references = 2
     same_tokenizer = True
     Params = TokenIdiosyncrasyParams

@@ -25,7 +25,14 @@ import numpy as np
 from distill_audit.backends.base import Capability, GenerateParams
 from distill_audit.detectors import textsim
 from distill_audit.detectors.base import Detector, DetectorContext, Evidence
-from distill_audit.detectors.panel import PANEL_NULL, panel_evidence, suspects, teacher_steps, top_gaps
+from distill_audit.detectors.panel import (
+    PANEL_NULL,
+    TEACHER_STEPS_NEEDS,
+    panel_evidence,
+    suspects,
+    teacher_steps,
+    top_gaps,
+)
 
 # -- token level -----------------------------------------------------------------------------------------
 
@@ -45,11 +52,7 @@ class TokenParams:
 class _TokenLevel(Detector):
     """Per generated step of the teacher, a similarity between a model's distribution and the teacher's."""
 
-    requires = {
-        "teacher": frozenset({Capability.GENERATE, Capability.GENERATE_TOPK}),
-        "student": frozenset({Capability.SCORE_TOPK}),
-        "reference": frozenset({Capability.SCORE_TOPK}),
-    }
+    requires = TEACHER_STEPS_NEEDS
     min_references = 2
     same_tokenizer = True
     Params = TokenParams

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from distill_audit import stats
-from distill_audit.backends.base import GenerateParams, Generation, ScoredText
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ScoredText
 from distill_audit.detectors.base import DetectorContext, Evidence, ModelHandle
 
 PANEL_TEST = (
@@ -119,6 +119,15 @@ def round_list(values: np.ndarray) -> list[float | None]:
 
 
 # -- teacher continuations shared by the token-level detectors -------------------------------------------
+
+# What a detector over the teacher's generated steps needs (see :func:`teacher_steps`): the teacher's sampled
+# continuations with its top-k at every step, and every suspect model's top-k on them
+TEACHER_STEPS_NEEDS: Mapping[str, frozenset[Capability]] = {
+    "teacher": frozenset({Capability.GENERATE, Capability.GENERATE_TOPK}),
+    "student": frozenset({Capability.SCORE_TOPK}),
+    "reference": frozenset({Capability.SCORE_TOPK}),
+}
+
 
 def teacher_sampling(ctx: DetectorContext, max_new_tokens: int, temperature: float) -> GenerateParams:
     """Seeded sampling (or greedy at temperature 0), keeping as many alternatives as scoring does, so every
