@@ -250,8 +250,8 @@ def panel_warnings(omni: Evidence | None, evidence: Sequence[Evidence], ctx: Det
                    "references trained on other data sit about equally far from a teacher and its siblings, so they "
                    "understate how far a model trained on the teacher's own data can lean to one of them by chance "
                    "(on the benchmark zoo a student of the teacher's training text was called distilled this way). "
-                   "Where such a model is a plausible explanation, give a model trained on the teacher's data as a "
-                   "--reference.")
+                   "Where a model trained on the teacher's data, but not on its outputs, is a plausible explanation, "
+                   "this verdict does not rule it out.")
     logs = next((e for e in evidence if e.detector == "logged-vs-fresh"), None)
     if logs is not None and not logs.details.get("calibrated", True):
         out.append("logged-vs-fresh is not calibrated against references (it needs 2 that can score text): a shift "
