@@ -50,10 +50,13 @@ def test_the_wrong_teacher_is_not_blamed_and_the_right_one_is_named(demo_run: di
     assert [m["role"] for m in right["models"]].count("alternative") == 1
     omni = right["verdict"]["primary"][0]
     assert omni["line"] == "panel-omnibus" and omni["p_value"] == max(omni["panel_p_value"], omni["attribution_p_value"])
+    # the lean is calibrated by references trained on other data: the verdict says what that leaves open
+    assert any("trained on the teacher's data, but not on its outputs" in w for w in right["verdict"]["warnings"])
 
     # accuse the control, offer the real teacher as the alternative: the evidence points away from the accused
     wrong = _audit(demo_run, tmp_path, "control", "student", "teacher", "wrong")
     assert wrong["verdict"]["label"] != "distilled"
+    assert not any("but not on its outputs" in w for w in wrong["verdict"]["warnings"])  # no lean to the accused
     assert wrong["verdict"]["attributed_to"] == "alternative-1" and wrong["attribution"]["closest"] == "alternative-1"
     assert "alternative-1" in wrong["verdict"]["summary"] and "not to the teacher" in wrong["verdict"]["summary"]
     html = (tmp_path / "wrong" / "report.html").read_text()
