@@ -83,11 +83,11 @@ def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
                     and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
                 raise ValueError("malformed header")
             dt = np.dtype(dtype)
-            nbytes = dt.itemsize * math.prod(shape)  # Python ints: a forged shape cannot overflow
+            count = math.prod(shape)  # Python ints: a forged shape cannot overflow
+            nbytes = dt.itemsize * count
             if offset + nbytes > len(blob):
                 raise ValueError("truncated")
-            out[name] = np.frombuffer(blob, dtype=dt, count=nbytes // dt.itemsize if dt.itemsize else 0,
-                                      offset=offset).reshape(tuple(shape)).copy()
+            out[name] = np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(tuple(shape)).copy()
             offset += nbytes
         if offset != len(blob):
             raise ValueError("trailing bytes")
