@@ -94,8 +94,8 @@ class DetectorContext:
         attribution runs ask for the same model's values again. ``what`` names the rest it depends on (the
         detector and its parameters)."""
         t, m = self.teacher.adapter, model.adapter
-        key = ("per-model", what, t.fingerprint.get("model"), t.fingerprint.get("numerics"), frozenset(t.capabilities),
-               m.fingerprint.get("model"), m.fingerprint.get("numerics"), frozenset(m.capabilities),
+        key = ("per-model", what, t.fingerprint["model"], t.fingerprint.get("numerics"), frozenset(t.capabilities),
+               m.fingerprint["model"], m.fingerprint.get("numerics"), frozenset(m.capabilities),
                self.prompts, self.seed, self.engine.score_top_k)
         return self.engine.derived(key, compute)
 
