@@ -224,7 +224,7 @@ def test_transient_failures_are_retried_with_growing_backoff(fresh: Served, kind
 
 def test_a_slow_answer_past_the_timeout_is_retried(fresh: Served) -> None:
     # generous on both sides: a busy machine may take seconds over a normal answer, never minutes
-    remote = connect(fresh, settings=HTTPSettings(concurrency=1, timeout=8, max_retries=2, backoff_base=0.01))
+    remote = connect(fresh, settings=HTTPSettings(concurrency=1, timeout=20, max_retries=2, backoff_base=0.01))
     fresh.faults({"path": "/v1/completions", "kind": "slow", "seconds": 300, "times": 1})
     (g,) = remote.generate(PROMPTS[:1], GenerateParams(max_new_tokens=4))
     assert g.text and remote.client.retries == 1
