@@ -200,7 +200,7 @@ class Engine:
             if key not in self._memo:
                 todo.setdefault(key, text)
         if todo:
-            remote = bool(getattr(adapter, "streams_results", False))
+            remote = adapter.streams_results
             found = self.cache.get_many(todo, max_age=self.remote_max_age if remote else None)
             self.stats.cache_corrupt += found.corrupt
             self.stats.cache_expired += found.expired
@@ -233,7 +233,7 @@ class Engine:
         todo_keys = list(todo)
         texts = [todo[k] for k in todo_keys]
         limit = adapter.context_length
-        if getattr(adapter, "streams_results", False):
+        if adapter.streams_results:
             # a remote server checks its own context and refuses what does not fit, with its own message
             self._stream(adapter, kind, todo_keys, texts, compute, to_arrays)
             return

@@ -59,9 +59,8 @@ def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _l
 
 def _transcript_probes(adapter: ModelAdapter, path: str) -> ProbeSet:
     """The transcript's distinct prompts (its later entries for a prompt already asked count as repeats)."""
-    prompts = tuple(adapter.prompts)  # type: ignore[attr-defined]
-    repeats = int(getattr(adapter, "duplicate_prompts", 0))
-    return ProbeSet("transcript", "file", path, prompts, prompts_hash(prompts), len(prompts), repeats)
+    prompts = adapter.logged_prompts or ()
+    return ProbeSet("transcript", "file", path, prompts, prompts_hash(prompts), len(prompts), adapter.repeated_prompts)
 
 
 def duplicate_warnings(probe_set: ProbeSet, pairs: LogPairs | None) -> list[str]:
@@ -142,7 +141,7 @@ def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: E
     """A fresh teacher answer for every logged one: same prompt, same length in teacher tokens, seeded.
 
     The k-th repeat of a prompt gets its own seed, so repeated prompts get different fresh answers."""
-    if Capability.GENERATE not in teacher.adapter.capabilities or not getattr(teacher.adapter, "live", True):
+    if Capability.GENERATE not in teacher.adapter.capabilities or not teacher.adapter.live:
         raise CapabilityError("fresh teacher answers cannot be drawn here (the teacher is a transcript, or cannot "
                               "generate), so give them with --teacher-fresh")
     logged = distinct_outputs(logged)[0]  # a repeated line would only get a fresh answer nobody pairs with it
@@ -299,7 +298,7 @@ def _runtime(adapter: ModelAdapter) -> dict[str, Any]:
     import hashlib
     from pathlib import Path
 
-    runtime = dict(getattr(adapter, "runtime", {}))
+    runtime = dict(adapter.runtime)
     path = runtime.get("transcript")
     if isinstance(path, str) and Path(path).exists():
         runtime["transcript_sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -381,7 +380,7 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
     alt_sources = tuple((h, describe_source(src)) for h, src in zip(alternatives, spec.alternative_teachers))
     load_seconds = time.perf_counter() - t_load
     for h in (teacher, student, *references, *alternatives):
-        if getattr(h.adapter, "runtime", {}).get("generate_api") == "chat":
+        if h.adapter.runtime.get("generate_api") == "chat":
             warnings.append(
                 f"{h.name} answered through a chat API (each probe sent as one user turn), while local models "
                 "continue each probe as plain text; text-level similarity between them may be understated."
@@ -392,7 +391,7 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
         if h.adapter.fingerprint["model"] == teacher.adapter.fingerprint["model"]:
             warnings.append(f"{h.name} is the teacher itself (identical fingerprints): it cannot tell them apart.")
 
-    devices = [str(getattr(h.adapter, "runtime", {}).get("device", "cpu"))
+    devices = [str(h.adapter.runtime.get("device", "cpu"))
                for h in (teacher, student, *references, *alternatives)]
     token_budget = spec.token_budget or default_token_budget(devices)
     engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress,
@@ -428,15 +427,12 @@ def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[De
             controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination, alt_sources)
             detector_seconds["negative_controls"] = round(time.perf_counter() - t0, 3)
             warnings.extend(control_warnings)
-        chat_prompt = getattr(student.adapter, "chat_prompt", None)
-        chat = callable(chat_prompt) and chat_prompt("hi") is not None
+        chat = student.adapter.chat_prompt("hi") is not None
         if spec.teacher_names or chat:
             observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
     finally:
         for h in (teacher, student, *references, *alternatives):
-            close = getattr(getattr(h.adapter, "inner", h.adapter), "close", None)
-            if callable(close):
-                close()
+            h.adapter.close()
     result_verdict = dataclasses.replace(assessment.verdict, warnings=tuple(warnings) + tuple(
         w for w in assessment.verdict.warnings if w not in warnings))
     handles = [teacher, student, *references, *alternatives]

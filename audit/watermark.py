@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from distill_audit import fingerprint as fp
+from distill_audit.backends.base import ModelAdapter
 from distill_audit.errors import UsageError
 from distill_audit.logs import BadJSON, LoggedOutput, outputs_hash, parse_json, shown
 
@@ -436,12 +437,7 @@ class WatermarkInputs:
         return out
 
 
-def teacher_tokenizer(adapter: Any) -> Any:
+def teacher_tokenizer(adapter: ModelAdapter) -> Any:
     """A tokenizer object for the teacher's ids: an HF model's own, or the local copy a remote or transcript
     teacher was given (``--teacher-tokenizer``); None when there is none."""
-    inner = getattr(adapter, "inner", adapter)  # a --teacher-access wrapper
-    tok = getattr(inner, "tokenizer", None)
-    if tok is None:
-        token_map = getattr(inner, "token_map", None)
-        tok = getattr(token_map, "tokenizer", None)
-    return tok
+    return adapter.local_tokenizer()

@@ -169,10 +169,9 @@ def identity_observations(model: ModelHandle, names: Sequence[str], engine: Any,
     adapter = model.adapter
     if Capability.GENERATE not in adapter.capabilities:
         return {"ran": False, "reason": f"the {model.role} backend cannot generate"}
-    format_chat = getattr(adapter, "chat_prompt", None)
     prompts = []
     for q in IDENTITY_QUESTIONS:
-        chat = format_chat(q) if callable(format_chat) else None
+        chat = adapter.chat_prompt(q)
         prompts.append(chat if chat is not None else f"Question: {q}\nAnswer:")
     params = GenerateParams(max_new_tokens=max_new_tokens, do_sample=False, top_k=1, seed=seed)
     answers = engine.generate(adapter, prompts, params)

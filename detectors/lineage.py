@@ -168,9 +168,7 @@ class WeightLineage(Detector):
 
 
 def _weights(adapter: ModelAdapter) -> list[np.ndarray]:
-    inner = getattr(adapter, "inner", adapter)
-    get = getattr(inner, "mlp_weights", None)
-    return list(get()) if callable(get) else []
+    return list(adapter.mlp_weights()) if Capability.WEIGHTS in adapter.capabilities else []
 
 
 
@@ -243,7 +241,7 @@ def cka_profile(model: Sequence[np.ndarray], teacher: Sequence[np.ndarray],
 
 
 def _layers(adapter: ModelAdapter, max_layers: int) -> list[int]:
-    n = int(getattr(getattr(adapter, "inner", adapter), "n_layers", 0) or 0)
+    n = adapter.n_layers
     if n <= 0:
         return [-1]
     picks = np.unique(np.round(np.linspace(1, n, min(n, max_layers))).astype(int))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 
-from distill_audit.backends.base import Capability
+from distill_audit.backends.base import Capability, ModelAdapter
 from distill_audit.backends.hf import HFAdapter
 from distill_audit.cache import InferenceCache
 from distill_audit.demo import demo_prompts
@@ -96,13 +96,16 @@ def test_detector_separates_distilled_from_control(name: str, contexts: dict[str
         assert distilled.p_value < 0.01
 
 
-class FakeTextOnlyAdapter:
+class FakeTextOnlyAdapter(ModelAdapter):
     """A fake standing in for a black-box backend (the real ones are tested over loopback HTTP in
     tests/test_backend_http.py): it declares generation only."""
 
     name = "text-only"
     capabilities = frozenset({Capability.GENERATE})
     fingerprint = {"model": "0" * 64, "tokenizer": "t"}
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

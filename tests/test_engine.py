@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pytest
 import torch
 
-from distill_audit.backends.base import GenerateParams, ScoredText
+from distill_audit.backends.base import AdapterWrapper, GenerateParams, ScoredText
 from distill_audit.backends.hf import HFAdapter
 from distill_audit.cache import InferenceCache
 from distill_audit.engine import Engine, pack_batches
@@ -74,19 +74,15 @@ def test_no_cache_keeps_nothing_on_disk(tmp_path: Path, llama_dir: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
-class FakeOOMAdapter:
+class FakeOOMAdapter(AdapterWrapper):
     """A fake (no GPU here to run out of memory on): wraps a real adapter and raises CUDA's
     out-of-memory error whenever a batch exceeds ``limit`` padded tokens."""
 
     def __init__(self, inner: HFAdapter, limit: int):
-        self.inner, self.limit, self.failures = inner, limit, 0
-        self.name, self.capabilities, self.fingerprint = inner.name, inner.capabilities, inner.fingerprint
-        self.context_length = inner.context_length
+        super().__init__(inner)
+        self.limit, self.failures = limit, 0
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.count_tokens(texts)
-
-    def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+    def score(self, texts: Sequence[str], top_k: int, on_result: Any = None) -> list[ScoredText]:
         if len(texts) * max(self.count_tokens(texts)) > self.limit:
             self.failures += 1
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
@@ -109,7 +105,7 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(llama_dir: Path) -> Non
     real = HFAdapter.load(str(llama_dir))
 
     class Broken(FakeOOMAdapter):
-        def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+        def score(self, texts: Sequence[str], top_k: int, on_result: Any = None) -> list[ScoredText]:
             raise ValueError("a bug, not memory")
 
     with pytest.raises(ValueError, match="a bug"):

@@ -251,8 +251,8 @@ def check_pairs(pairs: LogPairs, given: int) -> None:
 def check_transcript(adapter: TranscriptAdapter | None) -> None:
     if adapter is None:
         return
-    prompts = adapter.prompts
-    assert prompts and len(set(prompts)) == len(prompts) == len(adapter.entries) - adapter.duplicate_prompts
+    prompts = adapter.logged_prompts
+    assert prompts and len(set(prompts)) == len(prompts) == len(adapter.entries) - adapter.repeated_prompts
     assert all(p.strip() and _is_text(p) for p in prompts)
     json.dumps(adapter.runtime)
     assert len(adapter.fingerprint["model"]) > 0 and adapter.capabilities

@@ -213,7 +213,7 @@ def test_never_scores_and_is_not_live(tmp_path: Path) -> None:
     adapter = TranscriptAdapter.load(write(tmp_path / "t.jsonl", {"prompt": "q", "completion": "a",
                                                                    "logprobs": {"tokens": ["a"], "token_logprobs": [-1]}}))
     assert isinstance(adapter, ModelAdapter)
-    assert adapter.live is False and TranscriptAdapter.live is False
+    assert adapter.live is False
     assert not adapter.capabilities & {Capability.SCORE, Capability.SCORE_TOPK, Capability.HIDDEN_STATES}
     with pytest.raises(CapabilityError, match="cannot score text"):
         adapter.score(["q a"], top_k=5)
@@ -330,7 +330,7 @@ def test_generate_answers_the_first_logged_entry_whatever_the_seed(tmp_path: Pat
     path = write(tmp_path / "t.jsonl", {"prompt": "a", "completion": "first"}, {"prompt": "b", "completion": "bee"},
                  {"prompt": "a", "completion": "second"})
     adapter = TranscriptAdapter.load(path)
-    assert adapter.prompts == ["a", "b"]
+    assert adapter.logged_prompts == ("a", "b")
     for params in (GenerateParams(), GenerateParams(do_sample=True, seed=7, temperature=0.7)):
         assert [g.text for g in adapter.generate(["b", "a", "a"], params)] == ["bee", "first", "first"]
     runtime = adapter.runtime
@@ -374,7 +374,7 @@ def test_a_prompt_logged_again_is_one_probe_and_the_repeats_are_counted(tmp_path
                  {"prompt": "b", "completion": "bee"}, {"prompt": "a", "completion": "other"})
     with caplog.at_level(logging.WARNING, logger="distill_audit.backends.transcript"):
         adapter = TranscriptAdapter.load(path)
-    assert adapter.prompts == ["a", "b"] and adapter.duplicate_prompts == 2
+    assert adapter.logged_prompts == ("a", "b") and adapter.repeated_prompts == 2
     assert adapter.runtime["duplicate_prompts"] == 2 and adapter.runtime["entries"] == 4
     assert "2 entries repeat an earlier entry's prompt (1 with a different answer)" in caplog.text
     assert "answered by its first entry" in caplog.text
@@ -382,7 +382,7 @@ def test_a_prompt_logged_again_is_one_probe_and_the_repeats_are_counted(tmp_path
     assert g.text == "first"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="distill_audit.backends.transcript"):
-        assert TranscriptAdapter.load(write(tmp_path / "u.jsonl", {"prompt": "a", "completion": "x"})).duplicate_prompts == 0
+        assert TranscriptAdapter.load(write(tmp_path / "u.jsonl", {"prompt": "a", "completion": "x"})).repeated_prompts == 0
     assert caplog.text == ""
 
 

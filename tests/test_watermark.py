@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from distill_audit import synthetic
 from distill_audit import watermark as wm
-from distill_audit.backends.base import Capability
+from distill_audit.backends.base import AdapterWrapper, Capability, ModelAdapter
 from distill_audit.backends.hf import HFAdapter
 from distill_audit.cache import InferenceCache
 from distill_audit.cli import main
@@ -219,22 +219,20 @@ def test_without_deduplication_repetitive_text_looks_radioactive(world: World) -
     assert dedup <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 300), dedup
 
 
-class _CopyingReader:
+class _CopyingReader(AdapterWrapper):
     """A model that never saw watermarked text but copies in context, as real language models do (induction
     heads): where the current context occurred earlier in the text, it predicts the token that followed it
     then; elsewhere it predicts what the wrapped model predicts."""
 
     def __init__(self, inner: HFAdapter):
-        self.inner = inner
+        super().__init__(inner)
         self.name = "copying-reader"
-        self.capabilities = inner.capabilities
-        self.fingerprint = dict(inner.fingerprint, model="c" * 64)
-        self.context_length = inner.context_length
 
-    def count_tokens(self, texts: Any) -> list[int]:
-        return self.inner.count_tokens(texts)
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        return dict(self.inner.fingerprint, model="c" * 64)
 
-    def score(self, texts: Any, top_k: int) -> list[Any]:
+    def score(self, texts: Any, top_k: int, on_result: Any = None) -> list[Any]:
         out = []
         for s in self.inner.score(texts, top_k):
             ids, top = s.token_ids.tolist(), s.topk_ids.copy()
@@ -295,12 +293,15 @@ def test_mode_is_reading_with_texts_and_generation_without(world: World) -> None
     assert det.run(_context(world, world.teacher, texts=False)).details["mode"] == "generation"
 
 
-class _TextOnly:
+class _TextOnly(ModelAdapter):
     """A black-box student: generates text, scores nothing."""
 
     name = "text-only"
     capabilities = frozenset({Capability.GENERATE})
     fingerprint = {"model": "0" * 64, "tokenizer": "t"}
+
+    def count_tokens(self, texts: Any) -> list[int]:
+        return [len(t.split()) for t in texts]
 
 
 def test_skip_reasons(world: World, tmp_path: Path) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import abc
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
+
+from distill_audit.errors import CapabilityError
+
+T = TypeVar("T")
 
 
 class Capability(str, enum.Enum):
@@ -75,27 +80,184 @@ class Generation:
     topk_logprobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
 
-@runtime_checkable
-class ModelAdapter(Protocol):
-    """A model the audit can query. Every method takes a batch and returns results in the same order."""
+class ModelAdapter(abc.ABC):
+    """A model the audit can query: the one contract every backend implements and every layer relies on.
+
+    Every batch method takes a batch and returns results in the same order. The abstract members are what
+    every backend has; the rest are optional features declared here with the default of a backend that
+    lacks them (as lm-evaluation-harness's ``LM`` does), so nothing above this layer probes an adapter
+    with ``getattr`` and mypy checks each backend against the whole contract. What a backend can give is
+    declared by :attr:`capabilities`; calling a method for a capability it does not declare raises
+    :class:`~distill_audit.errors.CapabilityError`.
+
+    A wrapper (``--teacher-access``) subclasses :class:`AdapterWrapper`, which forwards every member.
+    """
 
     name: str
 
+    # -- identity and limits ---------------------------------------------------------------------------
     @property
-    def capabilities(self) -> frozenset[Capability]: ...
+    @abc.abstractmethod
+    def capabilities(self) -> frozenset[Capability]:
+        """What this backend gives; detectors that need more are skipped with the reason."""
+
+    @property
+    @abc.abstractmethod
+    def fingerprint(self) -> dict[str, str]:
+        """Stable content identity: at least ``{"model": sha256, "weights": ..., "tokenizer": ...}``."""
+
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens one request may hold (prompt and generation); None when unknown or unlimited."""
+        return None
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """Where and how the model ran (backend, device, dtype, API routes...), for the result's record."""
+        return {}
+
+    @property
+    def live(self) -> bool:
+        """Whether new answers can be drawn now; False for a log of what a model answered once (a transcript),
+        so the runner never asks it for a second answer."""
+        return True
+
+    @property
+    def streams_results(self) -> bool:
+        """True for a backend that limits its own concurrency and hands on each answer as it arrives (an HTTP
+        API): the engine gives it every missing request at once, with ``on_result``, and commits each answer to
+        the cache there and then, so a killed audit loses no answer already received."""
+        return False
+
+    # -- inference -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as this model counts them (CapabilityError when it cannot count)."""
+
+    def score(self, texts: Sequence[str], top_k: int,
+              on_result: Callable[[int, ScoredText], None] | None = None) -> list[ScoredText]:
+        """Capability.SCORE (and SCORE_TOPK for the alternatives): statistics of each given text."""
+        raise CapabilityError(f"{self.name} cannot score a given text")
+
+    def generate(self, prompts: Sequence[str], params: GenerateParams,
+                 on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
+        """Capability.GENERATE (and GENERATE_TOPK for the per-step log-probs): one continuation per prompt."""
+        raise CapabilityError(f"{self.name} cannot generate")
+
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+        """Capability.HIDDEN_STATES: per text, ``[len(layers), n_tokens, d_model]`` float32."""
+        raise CapabilityError(f"{self.name} gives no hidden states")
+
+    def mlp_weights(self) -> list[np.ndarray]:
+        """Capability.WEIGHTS: per transformer block, the MLP's input weights, one row per hidden unit
+        (empty when none are recognised)."""
+        raise CapabilityError(f"{self.name} gives no weights")
+
+    @property
+    def n_layers(self) -> int:
+        """Transformer blocks (hidden-state layers run 0..n_layers); 0 when unknown."""
+        return 0
+
+    # -- formats and tokenizers ------------------------------------------------------------------------
+    def chat_prompt(self, user_message: str) -> str | None:
+        """The model's own chat template applied to one user turn, ready for generation; None without one."""
+        return None
+
+    def local_tokenizer(self) -> Any | None:
+        """A tokenizer object here whose ids are this model's token ids (an HF model's own, or the local copy a
+        remote or transcript model was given with ``--*-tokenizer``); None when there is none."""
+        return None
+
+    @property
+    def logged_prompts(self) -> tuple[str, ...] | None:
+        """The distinct prompts a model known only from a log can answer, in log order; None when it can
+        answer any prompt."""
+        return None
+
+    @property
+    def repeated_prompts(self) -> int:
+        """Log entries that repeat an earlier entry's prompt (unused: each prompt is answered once)."""
+        return 0
+
+    def close(self) -> None:
+        """Release connections or other resources; the adapter is not used afterwards. Idempotent."""
+        return None  # a local model holds nothing that outlives it
+
+
+class AdapterWrapper(ModelAdapter):
+    """An adapter around another that forwards every member of the contract; subclasses override what they
+    change. A conformance test checks that every member of :class:`ModelAdapter` is forwarded here."""
+
+    def __init__(self, inner: ModelAdapter):
+        self.inner = inner
+        self.name = inner.name
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self.inner.capabilities
 
     @property
     def fingerprint(self) -> dict[str, str]:
-        """Stable content identity: at least ``{"model": sha256, "weights": ..., "tokenizer": ...}``."""
-        ...
+        return dict(self.inner.fingerprint)
 
     @property
-    def context_length(self) -> int | None: ...
+    def context_length(self) -> int | None:
+        return self.inner.context_length
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+    @property
+    def runtime(self) -> dict[str, Any]:
+        return dict(self.inner.runtime)
 
-    def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]: ...
+    @property
+    def live(self) -> bool:
+        return self.inner.live
 
-    def generate(self, prompts: Sequence[str], params: GenerateParams) -> list[Generation]: ...
+    @property
+    def streams_results(self) -> bool:
+        return self.inner.streams_results
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]: ...
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.count_tokens(texts)
+
+    def score(self, texts: Sequence[str], top_k: int,
+              on_result: Callable[[int, ScoredText], None] | None = None) -> list[ScoredText]:
+        return self.inner.score(texts, top_k, on_result=on_result)
+
+    def generate(self, prompts: Sequence[str], params: GenerateParams,
+                 on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
+        return self.inner.generate(prompts, params, on_result=on_result)
+
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+        return self.inner.hidden_states(texts, layers)
+
+    def mlp_weights(self) -> list[np.ndarray]:
+        return self.inner.mlp_weights()
+
+    @property
+    def n_layers(self) -> int:
+        return self.inner.n_layers
+
+    def chat_prompt(self, user_message: str) -> str | None:
+        return self.inner.chat_prompt(user_message)
+
+    def local_tokenizer(self) -> Any | None:
+        return self.inner.local_tokenizer()
+
+    @property
+    def logged_prompts(self) -> tuple[str, ...] | None:
+        return self.inner.logged_prompts
+
+    @property
+    def repeated_prompts(self) -> int:
+        return self.inner.repeated_prompts
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def report_each(results: list[T], on_result: Callable[[int, T], None] | None) -> list[T]:
+    """Hand each of a batch's results to ``on_result`` (for a backend that computes a whole batch at once)."""
+    if on_result is not None:
+        for i, r in enumerate(results):
+            on_result(i, r)
+    return results

@@ -13,13 +13,13 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from distill_audit import fingerprint as fp
-from distill_audit.backends.base import Capability, GenerateParams, Generation, ScoredText
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText, report_each
 from distill_audit.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _check_causal_lm(config: Any, origin: str) -> None:
         raise ModelLoadError(f"{origin}: {arch} is not a causal (decoder) language model")
 
 
-class HFAdapter:
+class HFAdapter(ModelAdapter):
     """A local transformers causal LM behind the :class:`~audit.backends.base.ModelAdapter` contract."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str, fingerprint: dict[str, str], device: str):
@@ -348,7 +348,8 @@ class HFAdapter:
         logits = self.model(input_ids=input_ids, attention_mask=mask).logits
         return logits[:, :-1][predicts], None
 
-    def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+    def score(self, texts: Sequence[str], top_k: int,
+              on_result: Callable[[int, ScoredText], None] | None = None) -> list[ScoredText]:
         if not texts:
             return []
         encoded, offsets = self._encode_with_offsets(texts)
@@ -397,9 +398,10 @@ class HFAdapter:
                     logprob_var=np.concatenate([[np.nan], all_var[sl]]).astype(np.float32),
                 )
             )
-        return results
+        return report_each(results, on_result)
 
-    def generate(self, prompts: Sequence[str], params: GenerateParams) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], params: GenerateParams,
+                 on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
         """Greedy or seeded sampling with left padding and explicit position ids, one KV cache per batch.
 
         Sampling noise comes from a generator seeded by (seed, prompt), so a prompt's continuation does
@@ -488,7 +490,10 @@ class HFAdapter:
                     topk_logprobs=np.asarray(new_top_lp[row], dtype=np.float32).reshape(-1, k),
                 )
             )
-        return results
+        return report_each(results, on_result)
+
+    def local_tokenizer(self) -> Any:
+        return self.tokenizer
 
     def chat_prompt(self, user_message: str) -> str | None:
         """The model's own chat template applied to one user turn, ready for generation; None without one."""

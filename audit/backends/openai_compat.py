@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from distill_audit.backends.base import Capability, GenerateParams, Generation, ScoredText
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
 from distill_audit.backends.http import (
     HTTPSettings,
     JSONClient,
@@ -91,11 +91,8 @@ def _same_tokens(server: Sequence[int], local: Sequence[int]) -> bool:
     return len(known) >= 0.8 * len(server) and all(a == b for a, b in known)
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(ModelAdapter):
     """The ModelAdapter contract over an OpenAI-compatible endpoint. Build with :meth:`connect`."""
-
-    live = True  # it can answer new prompts (a transcript cannot)
-    streams_results = True  # the engine passes on_result and commits each answer as it arrives
 
     def __init__(self, name: str, config: RemoteModel, client: JSONClient, token_map: TokenMap | None):
         self.name = name
@@ -336,6 +333,13 @@ class OpenAIAdapter:
     @property
     def context_length(self) -> int | None:
         return self._context
+
+    @property
+    def streams_results(self) -> bool:
+        return True  # the engine passes on_result and commits each answer as it arrives
+
+    def local_tokenizer(self) -> Any:
+        return self.token_map.tokenizer if self.token_map is not None else None
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if self.token_map is not None:

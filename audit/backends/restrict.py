@@ -8,9 +8,18 @@ inference cache is shared with full-access runs) and refuses the others.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
+import numpy as np
+
+from distill_audit.backends.base import (
+    AdapterWrapper,
+    Capability,
+    GenerateParams,
+    Generation,
+    ModelAdapter,
+    ScoredText,
+)
 from distill_audit.errors import CapabilityError
 
 ACCESS_MODES: dict[str, frozenset[Capability]] = {
@@ -22,56 +31,44 @@ ACCESS_MODES: dict[str, frozenset[Capability]] = {
 }
 
 
-class RestrictedAdapter:
+class RestrictedAdapter(AdapterWrapper):
+    """The inner adapter with only the capabilities of one access mode: everything else is forwarded."""
+
     def __init__(self, inner: ModelAdapter, access: str):
         if access not in ACCESS_MODES:
             raise CapabilityError(f"unknown access mode {access!r}; known: {', '.join(ACCESS_MODES)}")
-        self.inner = inner
+        super().__init__(inner)
         self.access = access
-        self.name = inner.name
 
     @property
     def capabilities(self) -> frozenset[Capability]:
         return self.inner.capabilities & ACCESS_MODES[self.access]
 
     @property
-    def fingerprint(self) -> dict[str, str]:
-        return dict(self.inner.fingerprint)
-
-    @property
     def runtime(self) -> dict[str, Any]:
-        return dict(getattr(self.inner, "runtime", {}), access=f"{self.access}-box")
-
-    @property
-    def context_length(self) -> int | None:
-        return self.inner.context_length
-
-    @property
-    def streams_results(self) -> bool:
-        return bool(getattr(self.inner, "streams_results", False))
-
-    @property
-    def live(self) -> bool:
-        return bool(getattr(self.inner, "live", True))
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.count_tokens(texts)
+        return dict(self.inner.runtime, access=f"{self.access}-box")
 
     def _need(self, cap: Capability) -> None:
         if cap not in self.capabilities:
             raise CapabilityError(f"{self.name} is audited with {self.access}-box access, which gives no {cap.value}")
 
-    def score(self, texts: Sequence[str], top_k: int, **kw: Any) -> list[ScoredText]:
+    def score(self, texts: Sequence[str], top_k: int,
+              on_result: Callable[[int, ScoredText], None] | None = None) -> list[ScoredText]:
         self._need(Capability.SCORE)
-        return self.inner.score(texts, top_k, **kw)
+        return self.inner.score(texts, top_k, on_result=on_result)
 
-    def generate(self, prompts: Sequence[str], params: GenerateParams, **kw: Any) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], params: GenerateParams,
+                 on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
         self._need(Capability.GENERATE)
-        return self.inner.generate(prompts, params, **kw)
+        return self.inner.generate(prompts, params, on_result=on_result)
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int], **kw: Any) -> list[Any]:
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
         self._need(Capability.HIDDEN_STATES)
-        return self.inner.hidden_states(texts, layers, **kw)
+        return self.inner.hidden_states(texts, layers)
+
+    def mlp_weights(self) -> list[np.ndarray]:
+        self._need(Capability.WEIGHTS)
+        return self.inner.mlp_weights()
 
 
 def restrict(adapter: ModelAdapter, access: str) -> ModelAdapter:

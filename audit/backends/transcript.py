@@ -18,7 +18,7 @@ For chat forms the prompt is the text of the last user message before the answer
 earlier turns are not part of it, so the student is probed with that message alone.
 
 A prompt logged several times is one probe, answered by its **first** logged entry; the later entries for
-it are not used (``duplicate_prompts`` counts them, and a log line says how many, and how many of those
+it are not used (``repeated_prompts`` counts them, and a log line says how many, and how many of those
 held a different answer).
 """
 
@@ -30,11 +30,11 @@ import math
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from distill_audit.backends.base import Capability, GenerateParams, Generation, ScoredText
+from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText, report_each
 from distill_audit.backends.remote import TOKEN_ID_PREFIX, UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
 from distill_audit.errors import CapabilityError, UsageError
 from distill_audit.logs import BadJSON, jsonl_lines, key_list, lone_surrogate, parse_json, read_user_file, shown
@@ -378,11 +378,9 @@ def _joined_prefix(entry: TranscriptEntry, m: int) -> str | None:
     return None
 
 
-class TranscriptAdapter:
+class TranscriptAdapter(ModelAdapter):
     """A teacher that answers from a log: GENERATE (and GENERATE_TOPK when every answer has logged
     alternatives), for the logged prompts only."""
-
-    live = False  # fresh samples cannot be drawn: the runner must not ask for a second answer
 
     def __init__(
         self,
@@ -402,8 +400,8 @@ class TranscriptAdapter:
         self._first: dict[str, TranscriptEntry] = {}
         for entry in self.entries:
             self._first.setdefault(entry.prompt, entry)
-        self.duplicate_prompts = len(self.entries) - len(self._first)  # later entries for a logged prompt: unused
-        if self.duplicate_prompts:
+        self._repeats = len(self.entries) - len(self._first)  # later entries for a logged prompt: unused
+        if self._repeats:
             self._log_duplicates()
         models = {entry.model for entry in self.entries}
         only = next(iter(models)) if len(models) == 1 else None
@@ -412,8 +410,8 @@ class TranscriptAdapter:
     def _log_duplicates(self) -> None:
         differing = sum(entry.completion != self._first[entry.prompt].completion for entry in self.entries)
         log.warning("%s: %d entr%s repeat an earlier entry's prompt (%d with a different answer); each prompt is one "
-                    "probe, answered by its first entry", shown(self.path), self.duplicate_prompts,
-                    "y" if self.duplicate_prompts == 1 else "ies", differing)
+                    "probe, answered by its first entry", shown(self.path), self._repeats,
+                    "y" if self._repeats == 1 else "ies", differing)
 
     @classmethod
     def load(
@@ -437,9 +435,20 @@ class TranscriptAdapter:
         )
 
     @property
-    def prompts(self) -> list[str]:
+    def live(self) -> bool:
+        return False  # fresh samples cannot be drawn: the runner must not ask for a second answer
+
+    @property
+    def logged_prompts(self) -> tuple[str, ...]:
         """The distinct logged prompts in file order: the probes a transcript teacher can answer."""
-        return list(self._first)
+        return tuple(self._first)
+
+    @property
+    def repeated_prompts(self) -> int:
+        return self._repeats
+
+    def local_tokenizer(self) -> Any:
+        return self.token_map.tokenizer if self.token_map is not None else None
 
     @property
     def cut_rule(self) -> str:
@@ -460,7 +469,7 @@ class TranscriptAdapter:
             "sha256": self.sha256,
             "entries": len(self.entries),
             "prompts": len(self._first),
-            "duplicate_prompts": self.duplicate_prompts,
+            "duplicate_prompts": self._repeats,
             "model": self.model,
             "has_logprobs": all(entry.has_logprobs for entry in self.entries),
             "has_top_logprobs": all(entry.has_top for entry in self.entries),
@@ -478,13 +487,15 @@ class TranscriptAdapter:
             )
         return self.token_map.count(texts)
 
-    def score(self, texts: Sequence[str], top_k: int) -> list[ScoredText]:
+    def score(self, texts: Sequence[str], top_k: int,
+              on_result: Callable[[int, ScoredText], None] | None = None) -> list[ScoredText]:
         raise CapabilityError(f"{self.name} is a transcript: a transcript holds answers only; it cannot score text")
 
     def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
         raise CapabilityError(f"{self.name} is a transcript: a transcript holds answers only; it has no hidden states")
 
-    def generate(self, prompts: Sequence[str], params: GenerateParams) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], params: GenerateParams,
+                 on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
         """The first logged answer to each prompt, cut to ``params.max_new_tokens`` tokens.
 
         Sampling settings and the seed are ignored: the log holds what the teacher answered once, and
@@ -497,7 +508,7 @@ class TranscriptAdapter:
                 f"{len(distinct)} prompt{'s are' if len(distinct) != 1 else ' is'} not in {self.path} "
                 f"(first: {_short(distinct[0], 60)})"
             )
-        return [self._answer(self._first[p], params) for p in prompts]
+        return report_each([self._answer(self._first[p], params) for p in prompts], on_result)
 
     def _answer(self, entry: TranscriptEntry, params: GenerateParams) -> Generation:
         budget = max(0, params.max_new_tokens)
