@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,15 +110,39 @@ def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, raw
 
 
+class NonFiniteNumber(ValueError):
+    """A JSON text held NaN, Infinity, or a number too large to be a finite float."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NonFiniteNumber(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteNumber(text[:40])
+    return value
+
+
+def loads_strict(text: str) -> Any:
+    """The JSON value in ``text``, read by the standard, not by Python's json module: NaN, Infinity and numbers
+    that overflow to infinity (``1e999``) are :class:`NonFiniteNumber`, never floats handed on as evidence.
+    Every JSON reader here (user files, API answers) goes through this, so none is laxer than another."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def parse_json(raw: str) -> Any:
     """One JSON value, or :class:`BadJSON` with a one-line reason (never another exception: integers too long
-    to convert and nesting too deep for the parser are reasons too)."""
+    to convert, nesting too deep for the parser and non-finite numbers are reasons too)."""
     try:
-        return json.loads(raw)
+        return loads_strict(raw)
     except json.JSONDecodeError as exc:
         raise BadJSON(exc.msg) from None
     except RecursionError:
         raise BadJSON("nested too deeply") from None
+    except NonFiniteNumber as exc:
+        raise BadJSON(f"a non-finite number ({shown(exc)}), which JSON does not have") from None
     except ValueError:  # an integer longer than Python converts (4300 digits by default)
         raise BadJSON("a number with too many digits") from None
 

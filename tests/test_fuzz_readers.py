@@ -89,7 +89,8 @@ safe_text = st.lists(safe_chars, max_size=8).map("".join)
 clean_prompt = st.sampled_from(["alpha", "beta", "gamma delta"]) | st.tuples(words, safe_text).map(
     lambda t: "x" + t[0] + t[1])
 clean_answer = st.sampled_from(["", " one", " two three"]) | safe_text | words
-clean_lp_value = st.floats(max_value=0.0) | st.none() | st.just(-math.inf)
+# what the one OpenAI schema accepts: finite log-probs at most 0 (null, NaN and infinities are refused, as live)
+clean_lp_value = st.floats(max_value=0.0, allow_infinity=False)
 
 
 @st.composite
@@ -104,7 +105,7 @@ def clean_completions_lp(draw: st.DrawFn, answer: str) -> dict[str, Any]:
     else:
         tokens = draw(st.lists(safe_text, max_size=4))
     values = [draw(clean_lp_value) for _ in tokens]
-    top = [draw(st.none() | st.dictionaries(safe_text, clean_lp_value, max_size=3)) for _ in tokens]
+    top = [draw(st.dictionaries(safe_text, clean_lp_value, max_size=3)) for _ in tokens]
     return {"tokens": tokens, "token_logprobs": values, **({"top_logprobs": top} if draw(st.booleans()) else {})}
 
 

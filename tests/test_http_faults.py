@@ -21,10 +21,13 @@ import pytest
 from distill_audit.backends.base import GenerateParams
 from distill_audit.backends.http import HTTPSettings, RedirectError, RemoteError
 from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel
+from distill_audit.backends.transcript import load_transcript
 from distill_audit.backends.wire import Route, chat_logprobs, completion_logprobs, parse_json, tgi_prefill
 from distill_audit.cache import unpack_arrays
+from distill_audit.errors import UsageError
 from tests.conftest import cli
 from tests.conftest import one_line_error as _one_line_error
+from tests.openai_server import spoil
 from tests.test_backend_http import FAST, PROMPTS, Served, connect, serve
 
 SECRET = "sk-test-9c4e1b7d2a6f"
@@ -213,6 +216,34 @@ def test_a_wrongly_typed_echo_answer_names_the_field(fresh: Served, fault: dict[
     assert needle in str(err.value), str(err.value)
 
 
+@pytest.mark.parametrize("fault", [
+    {"field": "token_logprobs", "index": 1, "value": 0.5},
+    {"field": "token_logprobs", "index": 0, "value": None},
+    {"field": "top_logprobs", "index": 1, "value": {"x": "-1"}},
+    {"field": "token_logprobs", "drop": 1},
+])
+def test_a_logged_copy_of_a_wrong_answer_is_refused_by_the_same_words(fresh: Served, tmp_path: Path,
+                                                                      fault: dict[str, Any]) -> None:
+    """The transcript reader and the live backend read answers through one schema: the same spoiled answer,
+    sent by the server or logged to a file, is refused with the same words after each one's context."""
+    remote = connect(fresh)
+    _no_sleep(remote)
+    body = {"model": remote.config.model, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0, "logprobs": 3}
+    logged = remote.client.post("/completions", body)
+    spoil(logged, dict(fault, kind="mutate"), SECRET)
+    path = tmp_path / "teacher.jsonl"
+    path.write_text(json.dumps({"prompt": PROMPTS[0], "response": logged}) + "\n", encoding="utf-8")
+    with pytest.raises(UsageError) as from_file:
+        load_transcript(path)
+    fresh.faults(dict(fault, path="/v1/completions", kind="mutate", times=100))
+    with pytest.raises(RemoteError) as from_server:
+        remote.generate(PROMPTS[:1], GenerateParams(max_new_tokens=4, top_k=3))
+    live, file = str(from_server.value), str(from_file.value)
+    assert live.startswith("teacher: /completions answered logprobs."), live
+    assert "teacher.jsonl: 1 malformed line: line 1: response.choices[0].logprobs." in file, file
+    assert file.split("response.choices[0].", 1)[1] == live.split(" answered ", 1)[1]
+
+
 def test_a_nan_answer_stops_an_audit_with_one_line(llama_dir: Path, gpt2_dir: Path, tmp_path: Path) -> None:
     probes = tmp_path / "probes.txt"
     probes.write_text("\n".join(f"Short prompt number {i} is" for i in range(4)) + "\n")
@@ -233,7 +264,7 @@ def test_a_nan_answer_stops_an_audit_with_one_line(llama_dir: Path, gpt2_dir: Pa
 def test_the_answer_checks_cover_chat_and_tgi_shapes() -> None:
     route = Route("reference-1", "/chat/completions")
     good = {"content": [{"token": "a", "logprob": -0.5, "top_logprobs": [{"token": "a", "logprob": -0.5}]},
-                        {"token": "b", "logprob": 0.0004, "top_logprobs": [{"token": "b", "logprob": -1e-9}]}]}
+                        {"token": "b", "logprob": 0.00004, "top_logprobs": [{"token": "b", "logprob": -1e-9}]}]}
     got = chat_logprobs(good, route)
     assert got is not None and got.tokens == ["a", "b"] and got.logprobs == [-0.5, 0.0]  # rounding read as 0
     assert chat_logprobs(None, route) is None and chat_logprobs({"content": None}, route) is None

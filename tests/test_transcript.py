@@ -158,8 +158,8 @@ def test_every_malformed_line_is_named_in_one_error(tmp_path: Path) -> None:
         assert f"line {n}: " not in message
     assert "line 3: not valid JSON" in message
     assert 'line 5: no "completion" or "response"' in message
-    assert "2 tokens but 1 token_logprobs" in message
-    assert "not a number ('high')" in message
+    assert "logprobs.token_logprobs with 1 entries for 2 tokens (the lengths must agree)" in message
+    assert "line 7: logprobs.token_logprobs[0] = 'high' (expected a number)" in message
     assert "line 8: no user message" in message
 
 
@@ -388,13 +388,13 @@ def test_a_prompt_logged_again_is_one_probe_and_the_repeats_are_counted(tmp_path
 
 @pytest.mark.parametrize(("line", "problem"), [
     ({"prompt": "p", "completion": "c", "logprobs": {"tokens": ["c"], "token_logprobs": [10**400]}},
-     "token_logprobs[0] is not a log-prob"),
+     "logprobs.token_logprobs[0] = 1000000000"),
     ({"prompt": "p", "completion": "c", "logprobs": {"tokens": ["c"], "token_logprobs": [0.7]}},
-     "token_logprobs[0] is not a log-prob: above 0"),
+     "logprobs.token_logprobs[0] = 0.7 (expected a log-probability, at most 0)"),
     ({"prompt": "p", "completion": "c", "logprobs": {"tokens": ["token_id:" + "9" * 30], "token_logprobs": [-1]}},
-     "logged token 0 ('token_id:99999"),
+     "logprobs.tokens[0] = 'token_id:99999"),
     ({"prompt": "p", "completion": "c", "logprobs": {"tokens": ["token_id:\u00b2"], "token_logprobs": [-1]}},
-     "is not a token id"),
+     "logprobs.tokens[0] = 'token_id:\u00b2' (expected a token id token_id:N"),
     ({"prompt": "p\ud800", "completion": "c"}, "the prompt is not valid Unicode (a lone surrogate U+D800 at character 1"),
     ({"prompt": "  ", "completion": "c"}, "the prompt is empty"),
     ({"messages": [{"role": "user", "content": ""}], "response": "c"}, "the prompt is empty"),

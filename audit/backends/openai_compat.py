@@ -15,7 +15,8 @@ What the endpoint can do is found out once, when the model is connected, with th
 The backend declares exactly the capabilities found; detectors that need more are skipped with the
 reason. The fingerprint covers what was found (see :attr:`OpenAIAdapter.discovery`), so a server replaced
 behind the same URL that describes itself differently is not answered from the old cache. Every answer is
-checked before use (:mod:`audit.backends.wire`): a malformed log-prob is one error naming the field.
+checked before use by the one OpenAI schema (:mod:`audit.backends.wire`, shared with the transcript reader):
+a malformed log-prob is one error naming the model, route and field.
 
 Requests for one batch go out concurrently (``HTTPSettings.concurrency``) and each answer is handed to the
 engine as it arrives, so the engine's cache commits it at once and a restarted audit re-sends nothing
@@ -48,6 +49,7 @@ from distill_audit.backends.wire import (
     Route,
     chat_logprobs,
     choice,
+    choice_text,
     completion_logprobs,
     logprob_array,
     positive_int,
@@ -405,7 +407,6 @@ class OpenAIAdapter(ModelAdapter):
                 body["logprobs"] = k
             route = self._route("/completions")
             chosen = choice(self.client.post("/completions", body), route)
-            text = chosen.get("text")
             got = completion_logprobs(chosen.get("logprobs"), route, echo=False) if want_topk else None
         else:
             body["messages"] = [{"role": "user", "content": prompt}]
@@ -413,11 +414,8 @@ class OpenAIAdapter(ModelAdapter):
                 body.update(logprobs=True, top_logprobs=k)
             route = self._route("/chat/completions")
             chosen = choice(self.client.post("/chat/completions", body), route)
-            message = chosen.get("message")
-            text = message.get("content") if isinstance(message, dict) else None
             got = chat_logprobs(chosen.get("logprobs"), route) if want_topk else None
-        if not isinstance(text, str):
-            raise route.unusable("holds no generated text")
+        text = choice_text(chosen, route)
         if not want_topk:
             return Generation(text=text, token_ids=np.zeros(0, np.int64), token_logprobs=np.zeros(0, np.float32))
         if got is None or got.top is None or any(row is None for row in got.top):

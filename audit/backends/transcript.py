@@ -14,6 +14,10 @@ Accepted line shapes (other keys are ignored):
   sit at the line's top level as ``"logprobs": {"content": [...]}``;
 * fine-tuning: ``{"messages": [..., {"role": "assistant", "content": ...}]}``.
 
+Log-probs are read by the one OpenAI schema (:mod:`audit.backends.wire`), exactly as strictly as a live
+server's: a null, NaN, infinite or positive log-prob, a wrong type or lists of different lengths make the line
+malformed (a wrong number is worse than no number), and the error names the file, the line and the field.
+
 For chat forms the prompt is the text of the last user message before the answer: system prompts and
 earlier turns are not part of it, so the student is probed with that message alone.
 
@@ -27,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,7 +38,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText, report_each
-from distill_audit.backends.remote import TOKEN_ID_PREFIX, UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
+from distill_audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
+from distill_audit.backends.wire import (
+    Row,
+    chat_logprobs,
+    choice,
+    choice_text,
+    completion_logprobs,
+    content_text,
+    shown_value,
+)
 from distill_audit.errors import CapabilityError, UsageError
 from distill_audit.logs import BadJSON, jsonl_lines, key_list, lone_surrogate, parse_json, read_user_file, shown
 
@@ -43,9 +55,6 @@ log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4  # the cut rule when neither logged tokens nor a tokenizer say where tokens end
 _MAX_REPORTED = 10  # malformed lines named in the one error; the rest are counted
-_MAX_LOGPROB = 1e-4  # a log-prob is at most 0; this much above it is rounding, more is not a log-prob
-_MAX_TOKEN_ID = 2**63 - 1  # a "token_id:N" string names an int64 id
-_MIN_FLOAT32 = float(np.finfo(np.float32).min)
 
 CUT_LOGGED = "the first max_new_tokens logged tokens"
 CUT_TOKENIZER = "the first max_new_tokens tokens of the answer under the teacher's tokenizer (--teacher-tokenizer)"
@@ -85,34 +94,34 @@ class _Bad(Exception):
 # -- parsing ----------------------------------------------------------------------------------------------
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 80, 80, 80
+@dataclass(frozen=True)
+class _At:
+    """Where in a line an answer sits (``"response"``, ``"response.choices[0]"``, or the line itself): the
+    schema's errors (:class:`audit.backends.wire.Where`) name that place; the reader adds the file and line."""
+
+    name: str = ""
+
+    def _field(self, field: str) -> str:
+        return f"{self.name}.{field}" if self.name else field
+
+    def wrong(self, field: str, value: Any, expected: str) -> _Bad:
+        return _Bad(f"{self._field(field)} = {shown_value(value)} (expected {expected})")
+
+    def lengths(self, field: str, got: int, tokens: int) -> _Bad:
+        return _Bad(f"{self._field(field)} with {got} entries for {tokens} tokens (the lengths must agree)")
+
+    def unusable(self, what: str) -> _Bad:
+        return _Bad(f"{self.name or 'the line'} {what}")
 
 
 def _short(value: Any, width: int = 40) -> str:
     """A bounded, escaped repr of a value from the log (never its whole size or depth)."""
-    text = shown(_REPR.repr(value))
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return shown_value(value, width)
 
 
-def _number(value: Any, where: str) -> float:
-    """A log-prob: a JSON number at most 0 (-inf allowed), or null (or NaN) for one the API did not give (NaN)."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Bad(f"{where} is not a number ({_short(value)})")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise _Bad(f"{where} is not a log-prob ({_short(value)})") from None
-    if number > _MAX_LOGPROB:
-        raise _Bad(f"{where} is not a log-prob: above 0 ({_short(value)})")
-    return number if number >= _MIN_FLOAT32 else -math.inf  # answers hold float32: below its range is -inf
-
-
-def _sorted_top(pairs: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
-    # NaN sorts last; ties by token string so the order never depends on the log's key order
-    return tuple(sorted(pairs, key=lambda p: (-p[1] if not math.isnan(p[1]) else math.inf, p[0])))
+def _sorted_top(pairs: Row) -> tuple[tuple[str, float], ...]:
+    # ties by token string so the order never depends on the log's key order
+    return tuple(sorted(pairs, key=lambda p: (-p[1], p[0])))
 
 
 _Top = tuple[tuple[tuple[str, float], ...], ...]
@@ -120,104 +129,38 @@ _Top = tuple[tuple[tuple[str, float], ...], ...]
 _Logprobs = tuple[tuple[str, ...], tuple[float, ...], _Top | None, tuple[bytes, ...] | None]
 
 
-def _completions_logprobs(obj: dict[str, Any]) -> _Logprobs:
-    """The OpenAI completions shape: parallel ``tokens``, ``token_logprobs`` and ``top_logprobs`` lists."""
-    tokens, lps = obj.get("tokens"), obj.get("token_logprobs")
-    if not isinstance(tokens, list) or not isinstance(lps, list):
-        raise _Bad('"logprobs" needs lists "tokens" and "token_logprobs" (or a chat-style "content" list)')
-    if len(tokens) != len(lps):
-        raise _Bad(f'"logprobs" has {len(tokens)} tokens but {len(lps)} token_logprobs')
-    for i, t in enumerate(tokens):
-        if not isinstance(t, str):
-            raise _Bad(f'"logprobs" token {i} is not a string ({_short(t)})')
-    values = tuple(_number(v, f'"logprobs" token_logprobs[{i}]') for i, v in enumerate(lps))
-    raw_top = obj.get("top_logprobs")
-    top: _Top | None = None
-    if raw_top is not None:
-        if not isinstance(raw_top, list):
-            raise _Bad('"logprobs" top_logprobs is not a list')
-        if len(raw_top) != len(tokens):
-            raise _Bad(f'"logprobs" has {len(tokens)} tokens but {len(raw_top)} top_logprobs entries')
-        steps = []
-        for i, step in enumerate(raw_top):
-            if step is None:
-                step = {}
-            if not isinstance(step, dict):
-                raise _Bad(f'"logprobs" top_logprobs[{i}] is not an object of token: logprob')
-            steps.append(_sorted_top([(str(k), _number(v, f'"logprobs" top_logprobs[{i}][{k!r}]')) for k, v in step.items()]))
-        top = tuple(steps) if any(steps) else None  # all empty: the request asked for no alternatives
-    return tuple(tokens), values, top, None
-
-
-def _chat_logprobs(content: Any) -> _Logprobs:
-    """The OpenAI chat shape: a ``content`` list of {token, logprob, bytes, top_logprobs: [...]}."""
-    if not isinstance(content, list):
-        raise _Bad('"logprobs" "content" is not a list')
-    tokens: list[str] = []
-    values: list[float] = []
-    steps: list[tuple[tuple[str, float], ...]] = []
-    raw_bytes: list[bytes] = []
-    has_bytes = True
-    for i, item in enumerate(content):
-        if not isinstance(item, dict) or not isinstance(item.get("token"), str):
-            raise _Bad(f'"logprobs" content[{i}] has no string "token"')
-        if "logprob" not in item:
-            raise _Bad(f'"logprobs" content[{i}] has no "logprob"')
-        tokens.append(item["token"])
-        values.append(_number(item["logprob"], f'"logprobs" content[{i}].logprob'))
-        b = item.get("bytes")
-        if isinstance(b, list) and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 256 for x in b):
-            raw_bytes.append(bytes(b))
-        else:
-            has_bytes = False
-        alts = item.get("top_logprobs") or []
-        if not isinstance(alts, list):
-            raise _Bad(f'"logprobs" content[{i}].top_logprobs is not a list')
-        pairs = []
-        for j, alt in enumerate(alts):
-            if not isinstance(alt, dict) or not isinstance(alt.get("token"), str):
-                raise _Bad(f'"logprobs" content[{i}].top_logprobs[{j}] has no string "token"')
-            pairs.append((alt["token"], _number(alt.get("logprob"), f'"logprobs" content[{i}].top_logprobs[{j}].logprob')))
-        steps.append(_sorted_top(pairs))
-    top = tuple(steps) if any(steps) else None
-    return tuple(tokens), tuple(values), top, (tuple(raw_bytes) if has_bytes else None)
-
-
-def _logprobs(obj: Any) -> _Logprobs | None:
-    """Either log-prob shape, or None where the log has none (absent, null, or ``{"content": null}``)."""
+def _logprobs(obj: Any, at: _At) -> _Logprobs | None:
+    """Either OpenAI log-prob shape, checked by the one schema (:mod:`audit.backends.wire`) as strictly as a
+    live answer; None where the log has none (absent, null, or ``{"content": null}``). Besides the API's own
+    shapes a bare chat ``content`` list is accepted, as loggers write it."""
     if obj is None:
         return None
     if isinstance(obj, list):
-        return _chat_logprobs(obj)
-    if not isinstance(obj, dict):
-        raise _Bad(f'"logprobs" is not an object ({_short(obj)})')
-    if "content" in obj:
-        return None if obj["content"] is None else _chat_logprobs(obj["content"])
-    return _completions_logprobs(obj)
+        got = chat_logprobs({"content": obj}, at)
+    elif not isinstance(obj, dict):
+        raise at.wrong("logprobs", obj, "an object")
+    elif "content" in obj:
+        got = chat_logprobs(obj, at)
+    elif not isinstance(obj.get("tokens"), list) or not isinstance(obj.get("token_logprobs"), list):
+        raise _Bad(f'{at._field("logprobs")} needs lists "tokens" and "token_logprobs" (or a chat-style "content" list)')
+    else:
+        got = completion_logprobs(obj, at, echo=False)
+    if got is None:
+        return None
+    values = tuple(v for v in got.logprobs if v is not None)  # not an echo: every token has its log-prob
+    top: _Top | None = None
+    if got.top is not None:
+        steps = tuple(() if row is None else _sorted_top(row) for row in got.top)
+        top = steps if any(steps) else None  # all empty: the request asked for no alternatives
+    raw_bytes = tuple(got.token_bytes) if got.token_bytes is not None else None
+    return tuple(got.tokens), values, top, raw_bytes
 
 
-def _text(content: Any, who: str) -> str:
+def _text(content: Any, field: str) -> str:
     """A message's text: a string, or the text parts of a list joined by newlines (other parts ignored)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for i, part in enumerate(content):
-            if isinstance(part, str):
-                texts.append(part)
-                continue
-            if not isinstance(part, dict):
-                raise _Bad(f"the {who} content part {i} is not an object")
-            if part.get("type", "text") == "text":
-                if not isinstance(part.get("text"), str):
-                    raise _Bad(f'the {who} content part {i} has no string "text"')
-                texts.append(part["text"])
-        if not texts:
-            raise _Bad(f"the {who} message has no text part")
-        return "\n".join(texts)
     if content is None:
-        raise _Bad(f"the {who} message has no text content")
-    raise _Bad(f"the {who} message content is neither a string nor a list of parts ({_short(content)})")
+        raise _Bad(f"{field} is null: the message has no text")
+    return content_text(content, _At(), field)
 
 
 def _model(value: Any, where: str) -> str | None:
@@ -233,31 +176,23 @@ def _response(resp: Any) -> tuple[str, _Logprobs | None, str | None]:
     if not isinstance(resp, dict):
         raise _Bad(f'"response" is neither a string nor an object ({_short(resp)})')
     if "choices" in resp:
-        choices = resp["choices"]
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise _Bad('"response" "choices" is not a non-empty list of objects')
-        choice = choices[0]
+        at = _At("response")
+        chosen = choice(resp, at)
         model = _model(resp.get("model"), '"response"')
-        if "message" in choice:
-            message = choice["message"]
-            if not isinstance(message, dict):
-                raise _Bad('"response" choices[0].message is not an object')
-            return _text(message.get("content"), "assistant"), _logprobs(choice.get("logprobs")), model
-        if isinstance(choice.get("text"), str):  # a text-completion object
-            return choice["text"], _logprobs(choice.get("logprobs")), model
-        raise _Bad('"response" choices[0] has neither "message" nor "text"')
+        return choice_text(chosen, at), _logprobs(chosen.get("logprobs"), _At("response.choices[0]")), model
     if "content" in resp:
         role = resp.get("role", "assistant")
         if role != "assistant":
             raise _Bad(f'"response" is a message from {_short(role)}, not from the assistant')
-        return _text(resp["content"], "assistant"), _logprobs(resp.get("logprobs")), _model(resp.get("model"), '"response"')
+        return (_text(resp["content"], "response.content"), _logprobs(resp.get("logprobs"), _At("response")),
+                _model(resp.get("model"), '"response"'))
     raise _Bad(f'"response" has neither "choices" nor "content" (keys: {key_list(resp)})')
 
 
 def _last_user(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return _text(message.get("content"), "user")
+    for i in reversed(range(len(messages))):
+        if messages[i].get("role") == "user":
+            return _text(messages[i].get("content"), f"messages[{i}].content")
     raise _Bad("no user message before the answer")
 
 
@@ -277,7 +212,7 @@ def _parse_line(obj: Any, line: int) -> TranscriptEntry:
         else:
             if not messages or messages[-1].get("role") != "assistant":
                 raise _Bad('no "response", and "messages" does not end with an assistant message')
-            completion = _text(messages[-1].get("content"), "assistant")
+            completion = _text(messages[-1].get("content"), f"messages[{len(messages) - 1}].content")
             prompt = _last_user(messages[:-1])
     elif "prompt" in obj:
         if not isinstance(obj["prompt"], str):
@@ -294,7 +229,7 @@ def _parse_line(obj: Any, line: int) -> TranscriptEntry:
     else:
         raise _Bad(f'needs "prompt" and "completion", or "messages" (keys: {key_list(obj)})')
     if lp is None:
-        lp = _logprobs(obj.get("logprobs"))
+        lp = _logprobs(obj.get("logprobs"), _At())
     elif obj.get("logprobs") is not None:
         raise _Bad('log-probs both in "response" and at the top level; keep one')
     if lp is not None and not lp[0] and completion:
@@ -306,20 +241,14 @@ def _parse_line(obj: Any, line: int) -> TranscriptEntry:
 
 
 def _check_text(entry: TranscriptEntry) -> None:
-    """The prompt is not blank (it becomes a probe), every string is Unicode text (JSON escapes can make lone
-    surrogates) and every "token_id:N" names an int64 id."""
+    """The prompt is not blank (it becomes a probe) and every string is Unicode text (JSON escapes can make lone
+    surrogates). Token strings were checked by the schema, as a live server's are."""
     if not entry.prompt.strip():
         raise _Bad("the prompt is empty")
-    named = [("the prompt", entry.prompt), ("the answer", entry.completion), ('"model"', entry.model or "")]
-    named += [(f"logged token {i}", t) for i, t in enumerate(entry.tokens or ())]
-    named += [(f"alternative {j} at token {i}", t) for i, step in enumerate(entry.top or ()) for j, (t, _) in enumerate(step)]
-    for what, text in named:
+    for what, text in [("the prompt", entry.prompt), ("the answer", entry.completion), ('"model"', entry.model or "")]:
         problem = lone_surrogate(text)
         if problem:
             raise _Bad(f"{what} is not valid Unicode ({problem})")
-        rest = text[len(TOKEN_ID_PREFIX):]
-        if text.startswith(TOKEN_ID_PREFIX) and rest.isdigit() and not (rest.isascii() and int(rest) <= _MAX_TOKEN_ID):
-            raise _Bad(f"{what} ({_short(text)}) is not a token id")
 
 
 def load_transcript(path: Path, flag: str = "--teacher-transcript") -> tuple[TranscriptEntry, ...]:
