@@ -481,14 +481,9 @@ def list_detectors() -> None:
         click.echo(f"  {cls.summary}")
         for role, caps in cls.requires.items():
             click.echo(f"  {role:<9} needs: {', '.join(sorted(c.value for c in caps))}")
-        extra = [f"at least {cls.min_references} reference(s)"] if cls.min_references else []
-        if cls.same_tokenizer:
-            extra.append("one tokenizer shared by all models")
-        if cls.needs_teacher_logs:
-            extra.append("logged teacher outputs (--teacher-logs)")
+        extra = cls.requirements()
         if cls.needs_watermark_key:
-            extra.append("the teacher's watermark key (--watermark-key); the student generates, or scores "
-                         "--watermark-texts with the key's tokenizer")
+            extra[-1] += "; the student generates, or scores --watermark-texts with the key's tokenizer"
         if extra:
             click.echo(f"  also:     {'; '.join(extra)}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -9,7 +10,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from distill_audit import __version__, omnibus
 from distill_audit.aggregate import COMBINATIONS, Verdict, primary_lines, verdict
@@ -17,7 +18,7 @@ from distill_audit.backends.base import Capability, GenerateParams, ModelAdapter
 from distill_audit.backends.hf import HFAdapter, LoadOptions
 from distill_audit.backends.restrict import ACCESS_MODES, restrict
 from distill_audit.cache import InferenceCache
-from distill_audit.detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
+from distill_audit.detectors import REGISTRY, Available, Detector, DetectorContext, Evidence, ModelHandle
 from distill_audit.detectors.base import DetectorSkipped
 from distill_audit.detectors.fingerprint import identity_observations
 from distill_audit.detectors.membership import SCORES as MEMBERSHIP_SCORES
@@ -163,15 +164,10 @@ def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: E
 
 def _run_detectors(detectors: Sequence[Detector], ctx: DetectorContext,
                    timings: dict[str, float] | None = None) -> tuple[list[Evidence], list[dict[str, str]]]:
-    by_role = {
-        "teacher": [ctx.teacher.adapter],
-        "student": [ctx.student.adapter],
-        "reference": [r.adapter for r in ctx.references],
-    }
+    available = Available.of(ctx)
     evidence, skipped = [], []
     for det in detectors:
-        reason = (det.unmet_needs(by_role, has_teacher_logs=ctx.teacher_logs is not None)
-                  or det.unmet_watermark_needs(by_role, ctx.watermark))
+        reason = det.unmet(available)
         if reason is not None:
             skipped.append({"detector": det.name, "reason": reason})
             continue
@@ -305,170 +301,287 @@ def _runtime(adapter: ModelAdapter) -> dict[str, Any]:
     return runtime
 
 
-def run_audit(
-    spec: AuditSpec,
-    progress: bool | None = None,
-    command: Sequence[str] = (),
-    loader: Loader = _load_hf,
-) -> dict[str, Any]:
-    """Run the audit described by ``spec`` and return the result document (not yet written)."""
-    started = time.perf_counter()
-    created_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+@dataclasses.dataclass(frozen=True)
+class AuditPlan:
+    """Everything an audit reads and checks before any model loads, so a bad file or flag fails in a second:
+    the detectors, the probes, the logs, the watermark inputs and the warnings known so far."""
+
+    spec: AuditSpec
+    detectors: tuple[Detector, ...]
+    probe_set: ProbeSet
+    logged: tuple[LoggedOutput, ...] | None
+    fresh_file: tuple[LoggedOutput, ...] | None
+    watermark: WatermarkInputs | None
+    warnings: tuple[str, ...]
+    # a transcript teacher is read while planning (cheap, and it may supply the probes); open_models adopts it
+    transcript_teacher: ModelAdapter | None = None
+
+
+def plan_audit(spec: AuditSpec, loader: Loader = _load_hf) -> AuditPlan:
+    """Check the spec, read every input file, and decide what can run, before any model loads."""
     _check_spec(spec)
     detectors = select_detectors(spec.detectors, spec)
     transcript_teacher = None
     if isinstance(spec.teacher, TranscriptSource):  # cheap to read: done first, it may supply the probes
         transcript_teacher = connect(spec.teacher, spec, "teacher", loader)
-    if spec.probes is None and transcript_teacher is not None:
-        probe_set = _transcript_probes(transcript_teacher, str(spec.teacher.path))  # type: ignore[union-attr]
-    else:
-        probe_set = load_probe_set(spec.probes or "default")
-    probe_set = probe_set.subsample(spec.n_probes, spec.seed)
-    logged = load_outputs(spec.teacher_logs, "--teacher-logs") if spec.teacher_logs else None
-    fresh_file = load_outputs(spec.teacher_fresh, "--teacher-fresh") if spec.teacher_fresh else None
-    if logged is not None and fresh_file is not None:
-        pair_outputs(logged, fresh_file, str(spec.teacher_fresh))  # refuse unpaired files before loading models
-    watermark = load_watermark(spec)
-    explicit = set(spec.detectors)
-    for det in detectors:
-        if det.name in explicit and len(spec.references) < det.min_references:
+    try:
+        if spec.probes is None and transcript_teacher is not None:
+            probe_set = _transcript_probes(transcript_teacher, str(spec.teacher.path))  # type: ignore[union-attr]
+        else:
+            probe_set = load_probe_set(spec.probes or "default")
+        probe_set = probe_set.subsample(spec.n_probes, spec.seed)
+        logged = load_outputs(spec.teacher_logs, "--teacher-logs") if spec.teacher_logs else None
+        fresh_file = load_outputs(spec.teacher_fresh, "--teacher-fresh") if spec.teacher_fresh else None
+        if logged is not None and fresh_file is not None:
+            pair_outputs(logged, fresh_file, str(spec.teacher_fresh))  # refuse unpaired files before loading models
+        watermark = load_watermark(spec)
+        inputs = Available(None, len(spec.references), logged is not None, watermark)
+        reasons = {det.name: det.unmet(inputs) for det in detectors}
+        for name in spec.detectors:
+            if reasons.get(name) is not None:
+                raise CapabilityError(f"detector {name} cannot run: {reasons[name]}")
+        if all(reason is not None for reason in reasons.values()):
             raise CapabilityError(
-                f"detector {det.name} needs at least {det.min_references} reference model(s) "
-                f"(--reference), got {len(spec.references)}"
+                f"no selected detector can run with {len(spec.references)} reference model(s): the panel detectors "
+                "need at least 2 (--reference, better 4 or more); only logged-vs-fresh (with --teacher-logs), "
+                "watermark-radioactivity (with --watermark-key) and weight-lineage (both models' weights) need none"
             )
-    if not any(len(spec.references) >= d.min_references and (logged is not None or not d.needs_teacher_logs)
-               and (watermark is not None or not d.needs_watermark_key) for d in detectors):
-        raise CapabilityError(
-            f"no selected detector can run with {len(spec.references)} reference model(s): the panel detectors need "
-            "at least 2 (--reference, better 4 or more); only logged-vs-fresh (with --teacher-logs), "
-            "watermark-radioactivity (with --watermark-key) and weight-lineage (both models' weights) need none"
-        )
+    except BaseException:
+        if transcript_teacher is not None:
+            transcript_teacher.close()
+        raise
     warnings: list[str] = []
     if len(spec.references) < 2:
         warnings.append(
             f"Only {len(spec.references)} reference model(s): the panel detectors cannot run, and nothing shows "
             "whether an independent model of this class would look as teacher-like; use at least 2, better 4 or more."
         )
-
-    # opened before any model loads, so an unusable cache directory fails in a second, not after the loads
-    cache = InferenceCache(spec.cache_dir / CACHE_FILE if spec.cache_dir else None)
-    try:
-        return _audit_with_cache(spec, cache, detectors, transcript_teacher, probe_set, logged, fresh_file,
-                                 watermark, warnings, started, created_at, progress, command, loader)
-    finally:
-        cache.close()
+    return AuditPlan(spec, tuple(detectors), probe_set, logged, fresh_file, watermark, tuple(warnings),
+                     transcript_teacher)
 
 
-def _audit_with_cache(spec: AuditSpec, cache: InferenceCache, detectors: list[Detector],
-                      transcript_teacher: ModelAdapter | None, probe_set: ProbeSet,
-                      logged: tuple[LoggedOutput, ...] | None, fresh_file: tuple[LoggedOutput, ...] | None,
-                      watermark: WatermarkInputs | None, warnings: list[str], started: float, created_at: str,
-                      progress: bool | None, command: Sequence[str], loader: Loader) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class OpenModels:
+    """The audit's models, open: the teacher (narrowed to its access mode), the student, the references and the
+    alternative teachers (with how each was given), and how long opening them took."""
+
+    teacher: ModelHandle
+    student: ModelHandle
+    references: tuple[ModelHandle, ...]
+    alternatives: tuple[tuple[ModelHandle, str], ...]
+    load_seconds: float
+
+    @property
+    def handles(self) -> list[ModelHandle]:
+        """Every model, in the order the result lists them (the order of ``AuditSpec.sources``)."""
+        return [self.teacher, self.student, *self.references, *(h for h, _ in self.alternatives)]
+
+
+@contextlib.contextmanager
+def open_models(plan: AuditPlan, loader: Loader = _load_hf) -> Iterator[OpenModels]:
+    """Open every model of the plan; close each one opened, however the audit ends (a model that fails to load
+    closes the connections already made)."""
+    spec = plan.spec
+    opened: list[ModelAdapter] = []
+
+    def adopt(adapter: ModelAdapter) -> ModelAdapter:
+        opened.append(adapter)
+        return adapter
+
     t_load = time.perf_counter()
-    teacher_adapter = transcript_teacher or connect(spec.teacher, spec, "teacher", loader)
-    teacher = ModelHandle("teacher", "teacher", restrict(teacher_adapter, spec.teacher_access))
-    student = ModelHandle("student", "student", connect(spec.student, spec, "student", loader))
-    references = tuple(
-        ModelHandle("reference", f"reference-{i + 1}", connect(src, spec, f"reference-{i + 1}", loader))
-        for i, src in enumerate(spec.references)
-    )
-    alternatives = tuple(
-        ModelHandle("alternative", f"alternative-{i + 1}",
-                    restrict(connect(src, spec, f"alternative-{i + 1}", loader), spec.teacher_access))
-        for i, src in enumerate(spec.alternative_teachers)
-    )
-    alt_sources = tuple((h, describe_source(src)) for h, src in zip(alternatives, spec.alternative_teachers))
-    load_seconds = time.perf_counter() - t_load
-    for h in (teacher, student, *references, *alternatives):
+    try:
+        if plan.transcript_teacher is not None:
+            adopt(plan.transcript_teacher)
+        teacher_adapter = plan.transcript_teacher or adopt(connect(spec.teacher, spec, "teacher", loader))
+        teacher = ModelHandle("teacher", "teacher", restrict(teacher_adapter, spec.teacher_access))
+        student = ModelHandle("student", "student", adopt(connect(spec.student, spec, "student", loader)))
+        references = tuple(
+            ModelHandle("reference", f"reference-{i + 1}", adopt(connect(src, spec, f"reference-{i + 1}", loader)))
+            for i, src in enumerate(spec.references)
+        )
+        alternatives = tuple(
+            (ModelHandle("alternative", f"alternative-{i + 1}",
+                         restrict(adopt(connect(src, spec, f"alternative-{i + 1}", loader)), spec.teacher_access)),
+             describe_source(src))
+            for i, src in enumerate(spec.alternative_teachers)
+        )
+        yield OpenModels(teacher, student, references, alternatives, time.perf_counter() - t_load)
+    finally:
+        for adapter in opened:
+            adapter.close()
+
+
+def model_warnings(models: OpenModels) -> list[str]:
+    """What the verdict must say about the models themselves, known once they are open."""
+    out = []
+    for h in models.handles:
         if h.adapter.runtime.get("generate_api") == "chat":
-            warnings.append(
+            out.append(
                 f"{h.name} answered through a chat API (each probe sent as one user turn), while local models "
                 "continue each probe as plain text; text-level similarity between them may be understated."
             )
-    if teacher.adapter.fingerprint["model"] == student.adapter.fingerprint["model"]:
-        warnings.append("The teacher and the student are the same model (identical fingerprints).")
-    for h in alternatives:
-        if h.adapter.fingerprint["model"] == teacher.adapter.fingerprint["model"]:
-            warnings.append(f"{h.name} is the teacher itself (identical fingerprints): it cannot tell them apart.")
+    teacher = models.teacher.adapter.fingerprint["model"]
+    if teacher == models.student.adapter.fingerprint["model"]:
+        out.append("The teacher and the student are the same model (identical fingerprints).")
+    for h, _ in models.alternatives:
+        if h.adapter.fingerprint["model"] == teacher:
+            out.append(f"{h.name} is the teacher itself (identical fingerprints): it cannot tell them apart.")
+    return out
 
-    devices = [str(h.adapter.runtime.get("device", "cpu"))
-               for h in (teacher, student, *references, *alternatives)]
+
+@dataclasses.dataclass(frozen=True)
+class AuditResult:
+    """One audit's findings, typed; :meth:`to_dict` is the result document (``distill-audit schema``)."""
+
+    created_at: str
+    command: tuple[str, ...]
+    models: tuple[dict[str, Any], ...]
+    probe_set: ProbeSet
+    teacher_logs: dict[str, Any] | None
+    watermark: dict[str, Any] | None
+    evidence: tuple[Evidence, ...]
+    skipped: tuple[dict[str, str], ...]
+    attribution: dict[str, Any]
+    negative_controls: tuple[dict[str, Any], ...]
+    observations: dict[str, Any]
+    verdict: Verdict
+    settings: dict[str, Any]
+    environment: dict[str, str]
+    load_seconds: float
+    detector_seconds: dict[str, float]
+    total_seconds: float
+    inference: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": __version__,
+            "created_at": self.created_at,
+            "command": list(self.command),
+            "models": [dict(m) for m in self.models],
+            "probe_sets": [self.probe_set.to_dict()],
+            "teacher_logs": self.teacher_logs,
+            "watermark": self.watermark,
+            "evidence": [e.to_dict() for e in self.evidence],
+            "skipped": list(self.skipped),
+            "attribution": self.attribution,
+            "negative_controls": list(self.negative_controls),
+            "observations": self.observations,
+            "verdict": self.verdict.to_dict(),
+            "settings": self.settings,
+            "environment": self.environment,
+            "timings": {
+                "load_seconds": round(self.load_seconds, 3),
+                "detector_seconds": self.detector_seconds,
+                "total_seconds": round(self.total_seconds, 3),
+            },
+            "inference": self.inference,
+        }
+
+
+def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress: bool | None = None,
+            command: Sequence[str] = (), started: float | None = None, created_at: str | None = None) -> AuditResult:
+    """Run the planned audit on the open models: fresh answers, detectors, the omnibus and attribution, the
+    negative controls and the identity probes, then the verdict."""
+    started = time.perf_counter() if started is None else started
+    created_at = created_at or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    spec = plan.spec
+    warnings = list(plan.warnings) + model_warnings(models)
+    teacher, student = models.teacher, models.student
+    devices = [str(h.adapter.runtime.get("device", "cpu")) for h in models.handles]
     token_budget = spec.token_budget or default_token_budget(devices)
     engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress,
                     remote_max_age=spec.api_cache_ttl)
     detector_seconds: dict[str, float] = {}
     controls: list[dict[str, Any]] = []
     observations: dict[str, Any] = {}
-    try:
-        pairs = None
-        if logged is not None:
-            if fresh_file is not None:
-                pairs = pair_outputs(logged, fresh_file, str(spec.teacher_fresh))
-            else:
-                fresh = sample_fresh(teacher, logged, engine, spec.seed, spec.fresh_temperature)
-                pairs = pair_outputs(logged, fresh, f"sampled from the teacher here (temperature "
-                                     f"{spec.fresh_temperature:g}, seed {spec.seed}, logged lengths)")
-            warnings.extend(duplicate_warnings(probe_set, pairs))
-            if pairs.unpaired_logged:
-                warnings.append(f"{pairs.unpaired_logged} logged output(s) have no fresh output for the same prompt "
-                                "and were left out of the membership test.")
-        if pairs is None:
-            warnings.extend(duplicate_warnings(probe_set, None))
-        ctx = DetectorContext(teacher, student, references, probe_set.prompts, spec.seed, engine, pairs,
-                              watermark=watermark)
-        assessment = assess(detectors, ctx, alt_sources, spec.alpha, spec.combination, warnings,
-                            describe_source(spec.teacher), detector_seconds)
-        evidence, skipped = assessment.evidence, assessment.skipped
-        for item in skipped:
-            log.warning("skipping %s: %s", item["detector"], item["reason"])
-        if spec.negative_controls:
-            ran = [d for d in detectors if d.name in {e.detector for e in evidence}]
-            t0 = time.perf_counter()
-            controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination, alt_sources)
-            detector_seconds["negative_controls"] = round(time.perf_counter() - t0, 3)
-            warnings.extend(control_warnings)
-        chat = student.adapter.chat_prompt("hi") is not None
-        if spec.teacher_names or chat:
-            observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
-    finally:
-        for h in (teacher, student, *references, *alternatives):
-            h.adapter.close()
+    pairs = None
+    if plan.logged is not None:
+        if plan.fresh_file is not None:
+            pairs = pair_outputs(plan.logged, plan.fresh_file, str(spec.teacher_fresh))
+        else:
+            fresh = sample_fresh(teacher, plan.logged, engine, spec.seed, spec.fresh_temperature)
+            pairs = pair_outputs(plan.logged, fresh, f"sampled from the teacher here (temperature "
+                                 f"{spec.fresh_temperature:g}, seed {spec.seed}, logged lengths)")
+        warnings.extend(duplicate_warnings(plan.probe_set, pairs))
+        if pairs.unpaired_logged:
+            warnings.append(f"{pairs.unpaired_logged} logged output(s) have no fresh output for the same prompt "
+                            "and were left out of the membership test.")
+    if pairs is None:
+        warnings.extend(duplicate_warnings(plan.probe_set, None))
+    ctx = DetectorContext(teacher, student, models.references, plan.probe_set.prompts, spec.seed, engine, pairs,
+                          watermark=plan.watermark)
+    assessment = assess(plan.detectors, ctx, models.alternatives, spec.alpha, spec.combination, warnings,
+                        describe_source(spec.teacher), detector_seconds)
+    evidence, skipped = assessment.evidence, assessment.skipped
+    for item in skipped:
+        log.warning("skipping %s: %s", item["detector"], item["reason"])
+    if spec.negative_controls:
+        ran = [d for d in plan.detectors if d.name in {e.detector for e in evidence}]
+        t0 = time.perf_counter()
+        controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination, models.alternatives)
+        detector_seconds["negative_controls"] = round(time.perf_counter() - t0, 3)
+        warnings.extend(control_warnings)
+    chat = student.adapter.chat_prompt("hi") is not None
+    if spec.teacher_names or chat:
+        observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
     result_verdict = dataclasses.replace(assessment.verdict, warnings=tuple(warnings) + tuple(
         w for w in assessment.verdict.warnings if w not in warnings))
-    handles = [teacher, student, *references, *alternatives]
-    sources = [describe_source(s) for s in spec.sources]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tool_version": __version__,
-        "created_at": created_at,
-        "command": list(command),
-        "models": [
-            {
-                "role": h.role,
-                "name": h.name,
-                "source": src,
-                "fingerprint": h.adapter.fingerprint,
-                "capabilities": sorted(c.value for c in h.adapter.capabilities),
-                "context_length": h.adapter.context_length,
-                "runtime": _runtime(h.adapter),
-            }
-            for h, src in zip(handles, sources)
-        ],
-        "probe_sets": [probe_set.to_dict()],
-        "teacher_logs": (dict(pairs.to_dict(), logged_source=str(spec.teacher_logs)) if pairs is not None else None),
-        "watermark": watermark.to_dict() if watermark is not None else None,  # never the secret
-        "evidence": [e.to_dict() for e in evidence],
-        "skipped": skipped,
-        "attribution": assessment.attribution,
-        "negative_controls": controls,
-        "observations": observations,
-        "verdict": result_verdict.to_dict(),
-        "settings": dict(spec.settings(), token_budget=token_budget),
-        "environment": environment(),
-        "timings": {
-            "load_seconds": round(load_seconds, 3),
-            "detector_seconds": detector_seconds,
-            "total_seconds": round(time.perf_counter() - started, 3),
-        },
-        "inference": engine.stats.to_dict(),
-    }
+    records = tuple(
+        {
+            "role": h.role,
+            "name": h.name,
+            "source": describe_source(src),
+            "fingerprint": h.adapter.fingerprint,
+            "capabilities": sorted(c.value for c in h.adapter.capabilities),
+            "context_length": h.adapter.context_length,
+            "runtime": _runtime(h.adapter),
+        }
+        for h, src in zip(models.handles, spec.sources)
+    )
+    return AuditResult(
+        created_at=created_at,
+        command=tuple(command),
+        models=records,
+        probe_set=plan.probe_set,
+        teacher_logs=dict(pairs.to_dict(), logged_source=str(spec.teacher_logs)) if pairs is not None else None,
+        watermark=plan.watermark.to_dict() if plan.watermark is not None else None,  # never the secret
+        evidence=tuple(evidence),
+        skipped=tuple(skipped),
+        attribution=assessment.attribution,
+        negative_controls=tuple(controls),
+        observations=observations,
+        verdict=result_verdict,
+        settings=dict(spec.settings(), token_budget=token_budget),
+        environment=environment(),
+        load_seconds=models.load_seconds,
+        detector_seconds=detector_seconds,
+        total_seconds=time.perf_counter() - started,
+        inference=engine.stats.to_dict(),
+    )
+
+
+def run_audit(
+    spec: AuditSpec,
+    progress: bool | None = None,
+    command: Sequence[str] = (),
+    loader: Loader = _load_hf,
+) -> dict[str, Any]:
+    """Run the audit described by ``spec`` and return the result document (not yet written):
+    plan -> open the cache -> open the models -> execute."""
+    started = time.perf_counter()
+    created_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    plan = plan_audit(spec, loader)
+    try:
+        # opened before any model loads, so an unusable cache directory fails in a second, not after the loads
+        cache = InferenceCache(spec.cache_dir / CACHE_FILE if spec.cache_dir else None)
+    except BaseException:
+        if plan.transcript_teacher is not None:
+            plan.transcript_teacher.close()
+        raise
+    try:
+        with open_models(plan, loader) as models:
+            result = execute(plan, models, cache, progress, command, started, created_at)
+    finally:
+        cache.close()
+    return result.to_dict()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from distill_audit.detectors.base import Detector, DetectorContext, Evidence, ModelHandle
+from distill_audit.detectors.base import Available, Detector, DetectorContext, Evidence, ModelHandle
 from distill_audit.detectors.fingerprint import TextIdiosyncrasy, TokenIdiosyncrasy
 from distill_audit.detectors.lineage import RepresentationSimilarity, WeightLineage
 from distill_audit.detectors.membership import LoggedVsFresh, TeacherTextLikelihood
@@ -34,4 +34,4 @@ _BUILTIN: tuple[type[Detector], ...] = (
 )
 REGISTRY: Mapping[str, type[Detector]] = MappingProxyType({cls.name: cls for cls in _BUILTIN})
 
-__all__ = ["REGISTRY", "Detector", "DetectorContext", "Evidence", "ModelHandle"]
+__all__ = ["REGISTRY", "Available", "Detector", "DetectorContext", "Evidence", "ModelHandle"]

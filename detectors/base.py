@@ -105,6 +105,27 @@ class DetectorContext:
 
 
 @dataclass(frozen=True)
+class Available:
+    """What an audit gives its detectors to work with, in the one shape every needs check reads."""
+
+    models: Mapping[str, Sequence[ModelAdapter]] | None  # adapters by role; None before any model is open
+    n_references: int
+    teacher_logs: bool = False
+    watermark: WatermarkInputs | None = None
+
+    @classmethod
+    def of(cls, ctx: DetectorContext) -> Available:
+        models = {"teacher": [ctx.teacher.adapter], "student": [ctx.student.adapter],
+                  "reference": [r.adapter for r in ctx.references]}
+        return cls(models, len(ctx.references), ctx.teacher_logs is not None, ctx.watermark)
+
+    @classmethod
+    def of_models(cls, models: Mapping[str, Sequence[ModelAdapter]], teacher_logs: bool = False,
+                  watermark: WatermarkInputs | None = None) -> Available:
+        return cls(models, len(models.get("reference", ())), teacher_logs, watermark)
+
+
+@dataclass(frozen=True)
 class NoParams:
     pass
 
@@ -130,31 +151,48 @@ class Detector(abc.ABC):
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
 
-    def unmet_needs(self, ctx_models: Mapping[str, Sequence[ModelAdapter]], has_teacher_logs: bool = False) -> str | None:
-        """Why this detector cannot run on these models and inputs, or None when it can."""
-        if self.needs_teacher_logs and not has_teacher_logs:
+    @classmethod
+    def requirements(cls) -> list[str]:
+        """What this detector needs besides the capabilities in ``requires``, in words (for ``distill-audit
+        detectors``); read from the same declarations :meth:`unmet` checks."""
+        out = [f"at least {cls.min_references} reference(s)"] if cls.min_references else []
+        if cls.same_tokenizer:
+            out.append("one tokenizer shared by all models")
+        if cls.needs_teacher_logs:
+            out.append("logged teacher outputs (--teacher-logs)")
+        if cls.needs_watermark_key:
+            out.append("the teacher's watermark key (--watermark-key)")
+        return out
+
+    def unmet(self, available: Available) -> str | None:
+        """Why this detector cannot run with what is available, or None when it can: the one place where a
+        detector's declared needs are checked (before any model loads, with ``available.models`` None, only the
+        inputs are; once the models are open, their capabilities and tokenizers too)."""
+        if self.needs_teacher_logs and not available.teacher_logs:
             return "no logged teacher outputs were given (--teacher-logs)"
-        if len(ctx_models.get("reference", ())) < self.min_references:
-            return f"it needs at least {self.min_references} reference model(s)"
+        if self.needs_watermark_key and available.watermark is None:
+            return "no watermark key was given (--watermark-key)"
+        if available.n_references < self.min_references:
+            return (f"it needs at least {self.min_references} reference model(s) (--reference), "
+                    f"got {available.n_references}")
+        models = available.models
+        if models is None:
+            return None
         for role, needed in self.requires.items():
-            for adapter in ctx_models.get(role, ()):
+            for adapter in models.get(role, ()):
                 missing = needed - adapter.capabilities
                 if missing:
                     names = ", ".join(sorted(c.value for c in missing))
                     return f"the {role} backend ({adapter.name}) cannot give: {names}"
         if self.same_tokenizer:
-            adapters = [a for role in ctx_models.values() for a in role]
-            hashes = {a.fingerprint.get("tokenizer") for a in adapters}
+            hashes = {a.fingerprint.get("tokenizer") for role in models.values() for a in role}
             if len(hashes) > 1:
                 return "it compares token ids, and the models do not all share one tokenizer"
-        return None
+        return self.unmet_by_models(models, available)
 
-    def unmet_watermark_needs(self, ctx_models: Mapping[str, Sequence[ModelAdapter]],
-                              watermark: WatermarkInputs | None) -> str | None:
-        """Why the watermark inputs do not let this detector run, or None (checked after :meth:`unmet_needs`;
-        a method of its own so that existing ``unmet_needs`` overrides keep their signature)."""
-        if self.needs_watermark_key and watermark is None:
-            return "no watermark key was given (--watermark-key)"
+    def unmet_by_models(self, models: Mapping[str, Sequence[ModelAdapter]], available: Available) -> str | None:
+        """A detector's own needs that only the open models can show (e.g. weights of matching shapes), checked
+        after the declared ones; None when met. Override, do not replace :meth:`unmet`."""
         return None
 
     @abc.abstractmethod

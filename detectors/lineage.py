@@ -29,12 +29,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from distill_audit.backends.base import Capability, ModelAdapter, ScoredText
-from distill_audit.detectors.base import Detector, DetectorContext, DetectorSkipped, Evidence
+from distill_audit.detectors.base import Available, Detector, DetectorContext, DetectorSkipped, Evidence
 from distill_audit.detectors.panel import panel_evidence, suspects
 
 # -- weight lineage --------------------------------------------------------------------------------------
@@ -103,12 +103,9 @@ class WeightLineage(Detector):
         "about the teacher's."
     )
 
-    def unmet_needs(self, ctx_models: Any, has_teacher_logs: bool = False, **kw: Any) -> str | None:
-        reason = super().unmet_needs(ctx_models, has_teacher_logs, **kw)
-        if reason is not None:
-            return reason
-        teacher = [s.shape for a in ctx_models.get("teacher", ()) for s in _weights(a)]
-        student = [s.shape for a in ctx_models.get("student", ()) for s in _weights(a)]
+    def unmet_by_models(self, models: Mapping[str, Sequence[ModelAdapter]], available: Available) -> str | None:
+        teacher = [s.shape for a in models.get("teacher", ()) for s in _weights(a)]
+        student = [s.shape for a in models.get("student", ()) for s in _weights(a)]
         if not teacher or not student:
             return "no MLP weights were recognised in the teacher or the student"
         if not set(teacher) & set(student):

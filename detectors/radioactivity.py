@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from distill_audit import fingerprint as fp
 from distill_audit.backends.base import Capability, ModelAdapter
-from distill_audit.detectors.base import Detector, DetectorContext, Evidence
+from distill_audit.detectors.base import Available, Detector, DetectorContext, Evidence
 from distill_audit.detectors.panel import teacher_sampling
 from distill_audit.errors import CapabilityError
 from distill_audit.watermark import (
@@ -67,13 +67,11 @@ class WatermarkRadioactivity(Detector):
     null = ("The student never trained on text watermarked with this key: each distinct scored (context, token) "
             "tuple is green with probability gamma, independently.")
 
-    def unmet_watermark_needs(self, ctx_models: Mapping[str, Sequence[ModelAdapter]],
-                              watermark: WatermarkInputs | None) -> str | None:
-        reason = super().unmet_watermark_needs(ctx_models, watermark)
-        if reason is not None or watermark is None:
-            return reason
+    def unmet_by_models(self, models: Mapping[str, Sequence[ModelAdapter]], available: Available) -> str | None:
+        watermark = available.watermark
+        assert watermark is not None  # needs_watermark_key: unmet() checked it
         key = watermark.key
-        for teacher in ctx_models.get("teacher", ()):
+        for teacher in models.get("teacher", ()):
             tok = teacher_tokenizer(teacher)
             if tok is None:
                 return ("the teacher has no local tokenizer to map text to the watermark key's token ids "
@@ -81,7 +79,7 @@ class WatermarkRadioactivity(Detector):
             if fp.tokenizer_fingerprint(tok) != key.tokenizer_sha256:
                 return (f"the teacher's tokenizer is not the one the watermark key was made for (key: tokenizer "
                         f"sha256 {key.tokenizer_sha256[:12]}..., teacher: {fp.tokenizer_fingerprint(tok)[:12]}...)")
-        for student in ctx_models.get("student", ()):
+        for student in models.get("student", ()):
             mode, why = self.choose_mode(student, watermark)
             if mode is None:
                 return why
@@ -191,7 +189,7 @@ class WatermarkRadioactivity(Detector):
         p: RadioactivityParams = self.params
         w = wm.key.context_width
         tokenizer = teacher_tokenizer(ctx.teacher.adapter)
-        assert tokenizer is not None  # unmet_needs checked it
+        assert tokenizer is not None  # unmet() checked it
         gens = ctx.generate(ctx.student, ctx.prompts, teacher_sampling(ctx, p.max_new_tokens, p.temperature))
         pairs: list[Pair] = []
         heads: list[list[int]] = []

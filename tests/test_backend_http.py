@@ -25,7 +25,7 @@ from distill_audit.backends.base import Capability, GenerateParams
 from distill_audit.backends.hf import HFAdapter
 from distill_audit.backends.http import HTTPSettings, RemoteError
 from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel
-from distill_audit.detectors import REGISTRY
+from distill_audit.detectors import REGISTRY, Available
 from distill_audit.errors import UsageError
 from tests.conftest import REPO, cli
 
@@ -131,8 +131,8 @@ def test_without_a_local_tokenizer_token_ids_are_not_compared(fresh: Served, loc
     remote = connect(fresh)
     assert remote.fingerprint["tokenizer"].startswith("unknown:")
     assert remote.count_tokens(PROMPTS) == local.count_tokens(PROMPTS)  # through the server's /tokenize
-    reason = REGISTRY["next-token-agreement"]().unmet_needs(
-        {"teacher": [remote], "student": [local], "reference": [local, local]})
+    reason = REGISTRY["next-token-agreement"]().unmet(
+        Available.of_models({"teacher": [remote], "student": [local], "reference": [local, local]}))
     assert reason is not None and "tokenizer" in reason
 
 
@@ -155,8 +155,8 @@ def test_chat_only_server_generates_but_cannot_score(llama_dir: Path, local: HFA
         (g,) = remote.generate(PROMPTS[:1], GenerateParams(max_new_tokens=6, top_k=3))
         (loc,) = local.generate(PROMPTS[:1], GenerateParams(max_new_tokens=6, top_k=3))
         assert g.text == loc.text
-        reason = REGISTRY["teacher-text-likelihood"]().unmet_needs(
-            {"teacher": [local], "student": [remote], "reference": [local, local]})
+        reason = REGISTRY["teacher-text-likelihood"]().unmet(
+            Available.of_models({"teacher": [local], "student": [remote], "reference": [local, local]}))
         assert reason is not None and "score" in reason
 
 

@@ -13,7 +13,7 @@ from distill_audit.backends.base import Capability, ModelAdapter
 from distill_audit.backends.hf import HFAdapter
 from distill_audit.cache import InferenceCache
 from distill_audit.demo import demo_prompts
-from distill_audit.detectors import REGISTRY, Detector, DetectorContext, Evidence, ModelHandle
+from distill_audit.detectors import REGISTRY, Available, Detector, DetectorContext, Evidence, ModelHandle
 from distill_audit.engine import Engine
 from distill_audit.logs import load_outputs, pair_outputs
 
@@ -113,15 +113,19 @@ def test_unmet_needs_are_reported_not_crashed_on(name: str, llama_dir: Path) -> 
     detector = REGISTRY[name]()
     real = HFAdapter.load(str(llama_dir))
     everything = {"teacher": [real], "student": [real], "reference": [real, real]}
-    assert detector.unmet_needs(everything, has_teacher_logs=True) is None
+    if REGISTRY[name].needs_watermark_key:  # its key is checked in tests/test_watermark.py
+        assert "--watermark-key" in str(detector.unmet(Available.of_models(everything, teacher_logs=True)))
+        return
+    assert detector.unmet(Available.of_models(everything, teacher_logs=True)) is None
     if REGISTRY[name].needs_teacher_logs:
-        assert "--teacher-logs" in str(detector.unmet_needs(everything, has_teacher_logs=False))
+        assert "--teacher-logs" in str(detector.unmet(Available.of_models(everything)))
+        assert "--teacher-logs" in str(detector.unmet(Available(None, 2)))  # known before any model loads
     if REGISTRY[name].min_references:
-        assert "reference" in str(detector.unmet_needs({**everything, "reference": [real]}, has_teacher_logs=True))
-    reason = detector.unmet_needs(
-        {"teacher": [real], "student": [FakeTextOnlyAdapter()], "reference": [real, real]},  # type: ignore[list-item]
-        has_teacher_logs=True,
-    )
+        fewer = Available.of_models({**everything, "reference": [real]}, teacher_logs=True)
+        assert "reference" in str(detector.unmet(fewer))
+        assert "reference" in str(detector.unmet(Available(None, 1, teacher_logs=True)))
+    reason = detector.unmet(Available.of_models(
+        {"teacher": [real], "student": [FakeTextOnlyAdapter()], "reference": [real, real]}, teacher_logs=True))
     if REGISTRY[name].requires.get("student", frozenset()) - FakeTextOnlyAdapter.capabilities:
         assert reason is not None and "student" in reason
 
@@ -134,7 +138,6 @@ def test_agreement_is_skipped_when_tokenizers_differ(tmp_path: Path, llama_dir: 
     changed.tokenizer.save_pretrained(tmp_path / "other")
     other = HFAdapter.load(str(tmp_path / "other"))
     assert other.fingerprint["tokenizer"] != real.fingerprint["tokenizer"]
-    reason = REGISTRY["next-token-agreement"]().unmet_needs(
-        {"teacher": [real], "student": [other], "reference": [real, real]}
-    )
+    reason = REGISTRY["next-token-agreement"]().unmet(
+        Available.of_models({"teacher": [real], "student": [other], "reference": [real, real]}))
     assert reason is not None and "tokenizer" in reason

@@ -25,7 +25,7 @@ from distill_audit.backends.base import AdapterWrapper, Capability, ModelAdapter
 from distill_audit.backends.hf import HFAdapter
 from distill_audit.cache import InferenceCache
 from distill_audit.cli import main
-from distill_audit.detectors import REGISTRY, DetectorContext, ModelHandle
+from distill_audit.detectors import REGISTRY, Available, DetectorContext, ModelHandle
 from distill_audit.detectors.radioactivity import RadioactivityParams, WatermarkRadioactivity
 from distill_audit.engine import Engine
 from distill_audit.errors import UsageError
@@ -309,14 +309,16 @@ def test_skip_reasons(world: World, tmp_path: Path) -> None:
     models: dict[str, Any] = {"teacher": [teacher], "student": [teacher]}
     det = WatermarkRadioactivity()
     inputs = wm.WatermarkInputs(world.key, world.held_out)
-    assert det.unmet_needs(models) is None and det.unmet_watermark_needs(models, inputs) is None
-    assert "--watermark-key" in str(det.unmet_watermark_needs(models, None))
+    assert det.unmet(Available.of_models(models, watermark=inputs)) is None
+    assert "--watermark-key" in str(det.unmet(Available.of_models(models)))
+    assert "--watermark-key" in str(det.unmet(Available(None, 0)))  # known before any model loads
     wrong = dataclasses.replace(world.key, tokenizer_sha256="0" * 64)
-    assert "not the one the watermark key was made for" in str(det.unmet_watermark_needs(models, wm.WatermarkInputs(wrong)))
+    reason = det.unmet(Available.of_models(models, watermark=wm.WatermarkInputs(wrong)))
+    assert "not the one the watermark key was made for" in str(reason)
     text_only: dict[str, Any] = {"teacher": [teacher], "student": [_TextOnly()]}
-    assert det.unmet_watermark_needs(text_only, inputs) is None  # falls back to generation mode
+    assert det.unmet(Available.of_models(text_only, watermark=inputs)) is None  # falls back to generation mode
     forced = WatermarkRadioactivity(RadioactivityParams(mode="reading"))
-    assert "score-topk" in str(forced.unmet_watermark_needs(text_only, inputs))
+    assert "score-topk" in str(forced.unmet(Available.of_models(text_only, watermark=inputs)))
     ctx = _context(world, world.teacher)
     _, skipped = _run_detectors([det], dataclasses.replace(ctx, watermark=None))
     assert skipped == [{"detector": "watermark-radioactivity", "reason": "no watermark key was given (--watermark-key)"}]
