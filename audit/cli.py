@@ -100,7 +100,8 @@ def _stack(func: F, options: list[Callable[[Any], Any]]) -> F:
     return func
 
 
-def _model_options(func: F) -> F:
+def _load_options(func: F) -> F:
+    """How a local model is loaded (:class:`LoadOptions`): every command that runs one takes the same flags."""
     options = [
         click.option("--device", default="auto", show_default=True,
                      help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
@@ -112,6 +113,13 @@ def _model_options(func: F) -> F:
                      help="Load pickle (.bin) checkpoints. They can run code when loaded: trusted sources only."),
         click.option("--trust-remote-code", is_flag=True,
                      help="Run model code shipped with a checkpoint. Off by default; trusted sources only."),
+    ]
+    return _stack(func, options)
+
+
+def _model_options(func: F) -> F:
+    options = [
+        _load_options,
         click.option("--batch-tokens", default=None, type=click.IntRange(min=1),
                      help="Token budget of one batch (rows x longest row) [default: 1024 on a CPU, where "
                           "cache-sized batches run fastest; 16384 on a GPU]. Halved automatically on out-of-memory."),
@@ -325,8 +333,15 @@ def _source(kw: dict[str, Any], role: str) -> Any:
     return local
 
 
-def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
+def _load_options_from(kw: dict[str, Any]) -> Any:
+    """The :class:`LoadOptions` the :func:`_load_options` flags ask for."""
     from distill_audit.backends.hf import LoadOptions
+
+    return LoadOptions(device=kw["device"], dtype=kw["dtype"], device_map=kw["device_map"],
+                       allow_pickle=kw["allow_pickle"], trust_remote_code=kw["trust_remote_code"])
+
+
+def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
     from distill_audit.backends.http import HTTPSettings
     from distill_audit.backends.openai_compat import RemoteModel
     from distill_audit.spec import AuditSpec, TranscriptSource
@@ -364,8 +379,7 @@ def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
         seed=kw["seed"],
         alpha=kw["alpha"],
         detectors=tuple(kw["detectors"]),
-        load=LoadOptions(device=kw["device"], dtype=kw["dtype"], device_map=kw["device_map"],
-                         allow_pickle=kw["allow_pickle"], trust_remote_code=kw["trust_remote_code"]),
+        load=_load_options_from(kw),
         token_budget=kw["batch_tokens"],
         cache_dir=None if kw["no_cache"] else (kw["cache_dir"] or default_cache_dir()),
         api_cache_ttl=0.0 if kw.get("refresh") else _duration(kw.get("api_cache_ttl") or "7d"),
@@ -544,7 +558,7 @@ def watermark_keygen(tokenizer_dir: str, key_file: Path, gamma: float, delta: fl
 
 
 @watermark.command("generate")
-@click.option("--model", required=True, metavar="DIR", help="The teacher: a local checkpoint directory (run on the CPU).")
+@click.option("--model", required=True, metavar="DIR", help="The teacher: a local checkpoint directory.")
 @click.option("--key-file", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="The watermark key (`watermark keygen`). " + _KEY_PRIVATE)
 @click.option("--prompts", required=True, metavar="FILE", help="Prompts: .txt (one per line) or .jsonl (\"prompt\" field).")
@@ -554,15 +568,16 @@ def watermark_keygen(tokenizer_dir: str, key_file: Path, gamma: float, delta: fl
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Sampling temperature (0: greedy, still watermarked).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampling.")
+@_load_options
 @click.pass_context
 @user_errors
 def watermark_generate(ctx: click.Context, model: str, key_file: Path, prompts: str, out: Path, max_new_tokens: int,
-                       temperature: float, seed: int) -> None:
+                       temperature: float, seed: int, **load: Any) -> None:
     """Continue each prompt with the teacher, watermarked with the key (seeded sampling)."""
     from tqdm import tqdm
 
     from distill_audit import fingerprint as fp
-    from distill_audit.backends.hf import HFAdapter, LoadOptions
+    from distill_audit.backends.hf import HFAdapter
     from distill_audit.probes import load_probe_set
     from distill_audit.result import write_atomic
     from distill_audit.watermark import generate_watermarked, read_key
@@ -571,7 +586,7 @@ def watermark_generate(ctx: click.Context, model: str, key_file: Path, prompts: 
     if out.is_dir():
         raise UsageError(f"--out {out}: is a directory; give a .jsonl file path")
     prompt_list = list(load_probe_set(prompts).prompts)
-    adapter = HFAdapter.load(model, LoadOptions(device="cpu", dtype="float32"))
+    adapter = HFAdapter.load(model, _load_options_from(load))
     if fp.tokenizer_fingerprint(adapter.tokenizer) != key.tokenizer_sha256:
         raise UsageError(f"--model {model}: its tokenizer is not the one the key was made for "
                          f"(key: tokenizer sha256 {key.tokenizer_sha256[:12]}..., model: "

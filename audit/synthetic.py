@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from distill_audit.decoding import LogitsHook, decode, row_seed
+
 log = logging.getLogger(__name__)
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
@@ -270,83 +272,25 @@ def sample_texts(
     seed: int,
     temperature: float = 1.0,
     batch_size: int = 64,
-    logits_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    logits_hook: LogitsHook | None = None,
 ) -> list[str]:
     """Seeded sampled continuations of ``prompts`` (the text after each prompt, not including it).
 
-    Prompts are encoded as the audit's HF backend does (with <s>), left-padded with explicit position ids.
-    Each prompt's noise comes from its own generator seeded by (seed, index, prompt), so a continuation
-    depends neither on batch composition nor on torch's global RNG; ``temperature`` 0 is greedy. Stops
-    early only at </s>. The continuation is decoded jointly with the prompt, so word boundaries are right.
-    ``logits_hook(ids, logits)``, when given, sees every row's ids so far (``[batch, t]``, left-padded prompt
-    included) and the next-token logits (``[batch, vocab]``) before temperature, and returns the logits to sample
-    from (a watermark's green-list bias, see :mod:`audit.watermark`); without it nothing changes.
+    Decoding is :func:`audit.decoding.decode`'s (prompts encoded with <s> as the HF backend does), in
+    batches of ``batch_size``. Each prompt's noise is seeded by :func:`audit.decoding.row_seed` of (seed,
+    its index in ``prompts``, prompt): a continuation depends neither on batch composition nor on torch's
+    global RNG, and a prompt listed twice gets two independent answers (a teacher asked twice). ``temperature``
+    0 is greedy. ``logits_hook`` steers the sampling (a watermark's green-list bias, see :mod:`audit.watermark`).
     """
-    import hashlib
-    import inspect
-
     model.eval()
     encoded = [list(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    # transformers 5 renamed past_key_values to cache; speak whichever this version knows.
-    cache_kwarg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     out: list[str] = []
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        generators = []
-        for i, prompt in enumerate(prompts[start : start + batch_size]):
-            digest = hashlib.sha256(f"{seed}\0{start + i}\0{prompt}".encode()).digest()
-            generators.append(torch.Generator().manual_seed(int.from_bytes(digest[:8], "little")))
-        width = max(len(ids) for ids in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, prompt_ids in enumerate(chunk):
-            ids[row, width - len(prompt_ids) :] = torch.tensor(prompt_ids, dtype=torch.long)
-            mask[row, width - len(prompt_ids) :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        steps = max_new_tokens if context is None else max(0, min(max_new_tokens, context - width))
-        new: list[list[int]] = [[] for _ in chunk]
-        done = [False] * len(chunk)
-        past = None
-        history = ids if logits_hook is not None else None
-        with torch.inference_mode():
-            for _ in range(steps):
-                result = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kwarg: past})
-                past = getattr(result, cache_kwarg)
-                logits = result.logits[:, -1, :].float()
-                if logits_hook is not None and history is not None:
-                    logits = logits_hook(history, logits)
-                if temperature > 0:
-                    scaled = torch.log_softmax(logits / temperature, dim=-1)
-                    gumbel = torch.stack(
-                        [-torch.log(-torch.log(torch.rand(scaled.shape[-1], generator=g).clamp_min(1e-20)))
-                         for g in generators]
-                    )
-                    chosen = (scaled + gumbel).argmax(-1).tolist()
-                else:
-                    chosen = logits.argmax(-1).tolist()
-                for row, token in enumerate(chosen):
-                    if done[row]:
-                        continue
-                    if eos is not None and token == eos:
-                        done[row] = True
-                    else:
-                        new[row].append(token)
-                if all(done):
-                    break
-                ids = torch.tensor([[pad if done[r] else t] for r, t in enumerate(chosen)], dtype=torch.long)
-                if history is not None:
-                    history = torch.cat([history, ids], dim=1)
-                pos = pos[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones((len(chunk), 1), dtype=torch.long)], dim=1)
-        for prompt_ids, new_ids in zip(chunk, new):
-            prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
-            full_text = tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
-            if full_text.startswith(prompt_text):
-                out.append(str(full_text[len(prompt_text) :]))
-            else:
-                out.append(str(tokenizer.decode(new_ids, skip_special_tokens=True)))
+        chunk = list(prompts[start : start + batch_size])
+        seeds = [row_seed(seed, prompt, index=start + i) for i, prompt in enumerate(chunk)] if temperature > 0 else None
+        generations = decode(model, tokenizer, encoded[start : start + batch_size], max_new_tokens, row_seeds=seeds,
+                             temperature=temperature, logits_hook=logits_hook)
+        out.extend(g.text for g in generations)
     return out
 
 

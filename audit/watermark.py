@@ -46,7 +46,7 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -54,6 +54,9 @@ from distill_audit import fingerprint as fp
 from distill_audit.backends.base import ModelAdapter
 from distill_audit.errors import UsageError
 from distill_audit.logs import BadJSON, LoggedOutput, outputs_hash, parse_json, shown
+
+if TYPE_CHECKING:  # torch is imported only where text is generated
+    from distill_audit.decoding import LogitsHook
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +267,8 @@ class GreenLists:
 # -- watermarked generation -------------------------------------------------------------------------------
 
 
-def watermark_hook(key: WatermarkKey) -> Any:
-    """A :func:`audit.synthetic.sample_texts` logits hook adding ``delta`` to each row's green logits."""
+def watermark_hook(key: WatermarkKey) -> LogitsHook:
+    """A :data:`audit.decoding.LogitsHook` adding ``delta`` to each row's green logits."""
     import torch
 
     lists = GreenLists(key)
@@ -286,22 +289,29 @@ def generate_watermarked(model: Any, tokenizer: Any, key: WatermarkKey, prompts:
                          on_batch: Callable[[int], Any] | None = None) -> list[str]:
     """Seeded sampled continuations of ``prompts`` carrying the watermark (the text after each prompt).
 
-    The context of each step is the previous ``context_width`` ids, prompt tokens included. Sampling and
-    decoding are :func:`audit.synthetic.sample_texts`'s, one call per batch of ``batch_size`` prompts with a seed
-    derived from (seed, batch start), so a continuation depends only on (model, key, prompt, its position,
-    seed, batch size). ``on_batch(n)`` is told after each batch (a progress bar)."""
-    from distill_audit import synthetic
+    The context of each step is the previous ``context_width`` ids, prompt tokens included. Decoding is
+    :func:`audit.decoding.decode`'s with :func:`watermark_hook`, on whatever device ``model`` is on, one call
+    per batch of ``batch_size`` prompts (``temperature`` 0: greedy). Row ``i`` of the batch starting at
+    ``start`` is seeded by ``row_seed(batch_seed, prompt, index=i)`` with ``batch_seed`` the first 8 bytes of
+    sha256 of ``f"{seed}\0{start}"``, so a continuation depends only on (model, key, prompt, its position,
+    seed, batch size): kept as written before decoding was shared, so earlier watermarked text is reproduced.
+    ``on_batch(n)`` is told after each batch (a progress bar)."""
+    from distill_audit.decoding import decode, row_seed
 
     if fp.tokenizer_fingerprint(tokenizer) != key.tokenizer_sha256:
         raise UsageError("the model's tokenizer is not the one the watermark key was made for "
                          f"(tokenizer sha256 {key.tokenizer_sha256[:12]}...)")
+    model.eval()
     hook = watermark_hook(key)
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        chunk_seed = int.from_bytes(hashlib.sha256(f"{seed}\0{start}".encode()).digest()[:8], "little")
-        out.extend(synthetic.sample_texts(model, tokenizer, chunk, max_new_tokens, seed=chunk_seed,
-                                          temperature=temperature, batch_size=batch_size, logits_hook=hook))
+        encoded = [list(ids) for ids in tokenizer(chunk, add_special_tokens=True)["input_ids"]]
+        batch_seed = int.from_bytes(hashlib.sha256(f"{seed}\0{start}".encode()).digest()[:8], "little")
+        seeds = [row_seed(batch_seed, prompt, index=i) for i, prompt in enumerate(chunk)] if temperature > 0 else None
+        generations = decode(model, tokenizer, encoded, max_new_tokens, row_seeds=seeds, temperature=temperature,
+                             logits_hook=hook)
+        out.extend(g.text for g in generations)
         if on_batch is not None:
             on_batch(len(chunk))
     return out

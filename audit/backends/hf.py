@@ -6,8 +6,6 @@ checkpoints refused unless asked for; remote code runs only when asked for.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import os
 import pickle
@@ -20,6 +18,7 @@ import torch
 
 from distill_audit import fingerprint as fp
 from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText, report_each
+from distill_audit.decoding import context_limit, decode, row_seed
 from distill_audit.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -162,9 +161,6 @@ class HFAdapter(ModelAdapter):
         self.device = device
         self.forward_passes = 0  # counted so benchmarks and tests can prove the cache saved work
         self._fast_head = self._fast_head_matches()
-        # transformers 5 renamed past_key_values to cache; speak whichever this version knows.
-        params = inspect.signature(type(model).forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._mlp_weights: list[np.ndarray] | None = None
 
     # -- loading -----------------------------------------------------------------------------------
@@ -275,12 +271,7 @@ class HFAdapter(ModelAdapter):
 
     @property
     def context_length(self) -> int | None:
-        config = self.model.config
-        for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-            value = getattr(config, attr, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
+        return context_limit(self.model)
 
     @property
     def input_device(self) -> torch.device:
@@ -402,95 +393,18 @@ class HFAdapter(ModelAdapter):
 
     def generate(self, prompts: Sequence[str], params: GenerateParams,
                  on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
-        """Greedy or seeded sampling with left padding and explicit position ids, one KV cache per batch.
+        """Greedy or seeded sampling through :func:`audit.decoding.decode`, one KV cache per batch.
 
-        Sampling noise comes from a generator seeded by (seed, prompt), so a prompt's continuation does
-        not depend on which other prompts share its batch.
+        Each row's noise is seeded by :func:`audit.decoding.row_seed` of (seed, prompt), so a prompt's
+        continuation does not depend on which other prompts share its batch, and a cached answer stays valid.
         """
-        if not prompts:
-            return []
-        encoded = self._encode(prompts)
-        width = max(len(ids) for ids in encoded)
-        batch = len(encoded)
-        dev = self.input_device
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((batch, width), pad, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[row, width - len(ids) :] = 1
-        input_ids, mask = input_ids.to(dev), mask.to(dev)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        eos = self.tokenizer.eos_token_id
-        generators = None
-        if params.do_sample:
-            generators = []
-            for prompt in prompts:
-                digest = hashlib.sha256(f"{params.seed}\0{prompt}".encode()).digest()
-                generators.append(torch.Generator().manual_seed(int.from_bytes(digest[:8], "little")))
-        k = max(1, min(params.top_k, self.model.config.vocab_size))
-        new_ids: list[list[int]] = [[] for _ in range(batch)]
-        new_lp: list[list[float]] = [[] for _ in range(batch)]
-        new_top_ids: list[list[np.ndarray]] = [[] for _ in range(batch)]
-        new_top_lp: list[list[np.ndarray]] = [[] for _ in range(batch)]
-        done = [False] * batch
-        past = None
-        step_ids, step_pos = input_ids, position_ids
-        with torch.inference_mode():
-            for _ in range(params.max_new_tokens):
-                self.forward_passes += 1
-                out = self.model(
-                    input_ids=step_ids,
-                    attention_mask=mask,
-                    position_ids=step_pos,
-                    use_cache=True,
-                    **{self._cache_kwarg: past},
-                )
-                past = getattr(out, self._cache_kwarg)
-                logits = out.logits[:, -1, :].float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                if generators is not None:
-                    scaled = torch.log_softmax(logits / max(params.temperature, 1e-6), dim=-1).cpu()
-                    gumbel = torch.stack(
-                        [-torch.log(-torch.log(torch.rand(scaled.shape[-1], generator=g).clamp_min(1e-20)))
-                         for g in generators]
-                    )
-                    chosen = (scaled + gumbel).argmax(-1).to(dev)
-                else:
-                    chosen = logits.argmax(-1)
-                top_vals, top_idx = logprobs.topk(k, dim=-1)
-                chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
-                chosen_cpu, chosen_lp_cpu = chosen.cpu().tolist(), chosen_lp.cpu().tolist()
-                top_vals_np, top_idx_np = top_vals.cpu().numpy(), top_idx.cpu().numpy()
-                for row in range(batch):
-                    if done[row]:
-                        continue
-                    token = chosen_cpu[row]
-                    if eos is not None and token == eos:
-                        done[row] = True
-                        continue
-                    new_ids[row].append(token)
-                    new_lp[row].append(chosen_lp_cpu[row])
-                    new_top_ids[row].append(top_idx_np[row])
-                    new_top_lp[row].append(top_vals_np[row])
-                if all(done):
-                    break
-                feed = torch.tensor([pad if done[r] else chosen_cpu[r] for r in range(batch)], device=dev)
-                step_ids = feed[:, None]
-                step_pos = step_pos[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=dev)], dim=1)
-        results = []
-        for row in range(batch):
-            results.append(
-                Generation(
-                    text=self._continuation_text(encoded[row], new_ids[row]),
-                    token_ids=np.asarray(new_ids[row], dtype=np.int64),
-                    token_logprobs=np.asarray(new_lp[row], dtype=np.float32),
-                    topk_ids=np.asarray(new_top_ids[row], dtype=np.int64).reshape(-1, k),
-                    topk_logprobs=np.asarray(new_top_lp[row], dtype=np.float32).reshape(-1, k),
-                )
-            )
+        seeds = [row_seed(params.seed, prompt) for prompt in prompts] if params.do_sample else None
+        results = decode(self.model, self.tokenizer, self._encode(prompts), params.max_new_tokens, row_seeds=seeds,
+                         temperature=params.temperature, top_k=max(1, params.top_k), on_forward=self._count_forward)
         return report_each(results, on_result)
+
+    def _count_forward(self) -> None:
+        self.forward_passes += 1
 
     def local_tokenizer(self) -> Any:
         return self.tokenizer
@@ -512,14 +426,6 @@ class HFAdapter(ModelAdapter):
         if bos and isinstance(text, str) and text.startswith(bos):
             text = text[len(bos):]
         return str(text)
-
-    def _continuation_text(self, prompt_ids: list[int], new_ids: list[int]) -> str:
-        """The continuation as it reads after the prompt (decoding jointly keeps word boundaries right)."""
-        prompt_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
-        full_text = self.tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
-        if full_text.startswith(prompt_text):
-            return str(full_text[len(prompt_text) :])
-        return str(self.tokenizer.decode(new_ids, skip_special_tokens=True))
 
     @property
     def n_layers(self) -> int:
