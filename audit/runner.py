@@ -20,7 +20,7 @@ from distill_audit.backends.restrict import ACCESS_MODES, restrict
 from distill_audit.cache import InferenceCache
 from distill_audit.detectors import REGISTRY, Available, Detector, DetectorContext, Evidence, ModelHandle
 from distill_audit.detectors.base import DetectorSkipped
-from distill_audit.detectors.fingerprint import identity_observations
+from distill_audit.detectors.identity import identity_observations
 from distill_audit.detectors.membership import SCORES as MEMBERSHIP_SCORES
 from distill_audit.detectors.membership import LoggedParams, LoggedVsFresh
 from distill_audit.engine import Engine, default_token_budget

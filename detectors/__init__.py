@@ -6,7 +6,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from distill_audit.detectors.base import Available, Detector, DetectorContext, Evidence, ModelHandle
-from distill_audit.detectors.fingerprint import TextIdiosyncrasy, TokenIdiosyncrasy
+from distill_audit.detectors.idiosyncrasy import TextIdiosyncrasy, TokenIdiosyncrasy
 from distill_audit.detectors.lineage import RepresentationSimilarity, WeightLineage
 from distill_audit.detectors.membership import LoggedVsFresh, TeacherTextLikelihood
 from distill_audit.detectors.output_similarity import (

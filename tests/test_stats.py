@@ -146,7 +146,7 @@ def test_leave_one_out_idiosyncrasy_is_valid_and_powerful(copy: float) -> None:
     """The idiosyncrasy detector's selection (places where the *other* models disagree with the teacher)
     keeps the student exchangeable with the references under the null, so the panel test stays valid;
     a student copying the teacher's choices half the time is caught."""
-    from distill_audit.detectors.fingerprint import _leave_one_out
+    from distill_audit.detectors.idiosyncrasy import _leave_one_out
 
     rng = np.random.default_rng(11)
     n_sim, n_prompts, places, k_refs, alpha = 300, 40, 12, 4, 0.05

@@ -1,4 +1,4 @@
-"""A small JSON-over-HTTP client for model APIs: retries, backoff, Retry-After, a transcript, no key leaks.
+"""A small JSON-over-HTTP client for model APIs: retries, backoff, Retry-After, a request log, no key leaks.
 
 Standard library only (``http.client`` + ``ssl``): one keep-alive connection per worker thread, TLS
 verified against the system's certificate store (or ``SSL_CERT_FILE``), never switched off.
@@ -6,8 +6,8 @@ verified against the system's certificate store (or ``SSL_CERT_FILE``), never sw
 What is retried: connection failures, timeouts, 408, 429, 5xx, and bodies that arrive cut short or are not
 JSON (a proxy or a dying server). Everything else (400, 401, 404, ...) is the user's to fix and fails at
 once with the server's own message. Waits grow exponentially with full jitter; a server's Retry-After is
-honoured. Every attempt, failed or not, goes to the transcript, the audit's evidence of what was asked and
-what came back.
+honoured. Every attempt, failed or not, goes to the request log (``OUT/transcripts/<model>.jsonl``; the result
+records it as the model's request transcript), the audit's evidence of what was asked and what came back.
 
 Everything from the server is checked at the door, in :meth:`JSONClient.request`, before anything else
 sees it:
@@ -15,10 +15,10 @@ sees it:
 * ``timeout`` bounds the whole request (connect, send, headers, body), not each socket read: a watchdog
   shuts the socket at the deadline, so a server that trickles a byte a second cannot hold an audit;
 * a body past ``max_response_bytes`` is refused without being read further (and at once when its
-  Content-Length says so); the transcript keeps at most ``_MAX_LOGGED_BODY`` of any one body;
+  Content-Length says so); the request log keeps at most ``_MAX_LOGGED_BODY`` of any one body;
 * a redirect is not followed (the key would go to wherever it points) but named;
 * JSON is parsed strictly: NaN, Infinity and numbers that overflow to infinity are refused;
-* the API key is sent in a header, which the transcript does not record, and any echo of it anywhere in
+* the API key is sent in a header, which the request log does not record, and any echo of it anywhere in
   an answer (every string, object keys too) is replaced by ``[REDACTED]`` before the answer is returned,
   so the cache, the detectors and the result never see it. ``JSONClient.redactions`` counts the
   replacements.
@@ -55,9 +55,9 @@ from distill_audit.backends.wire import (
 from distill_audit.errors import UsageError
 
 __all__ = ["REDACTED", "Endpoint", "HTTPSettings", "JSONClient", "RedirectError", "RejectedError", "RemoteError",
-           "Transcript", "parse_endpoint", "redact"]
+           "RequestLog", "parse_endpoint", "redact"]
 log = logging.getLogger(__name__)
-_MAX_LOGGED_BODY = 1 << 20  # bytes of any one body kept in the transcript
+_MAX_LOGGED_BODY = 1 << 20  # bytes of any one body kept in the request log
 _CHUNK = 1 << 16  # bytes asked of the socket at a time while reading a body
 MiB = 1 << 20
 
@@ -147,7 +147,7 @@ def _clip(text: str, limit: int = _MAX_LOGGED_BODY) -> str:
     return text
 
 
-class Transcript:
+class RequestLog:
     """Append-only JSONL record of every request and response (or failure), one line per attempt."""
 
     def __init__(self, path: Path, secret: str | None):
@@ -224,12 +224,12 @@ class JSONClient:
     """POST/GET JSON to one endpoint; safe to call from several threads at once."""
 
     def __init__(self, endpoint: Endpoint, name: str, api_key: str | None, settings: HTTPSettings,
-                 transcript: Transcript | None = None, key_env: str | None = None,
+                 request_log: RequestLog | None = None, key_env: str | None = None,
                  sleep: Callable[[float], object] | None = None, flag: str = "--*-url"):
         self.endpoint = endpoint
         self.name = name
         self.settings = settings
-        self.transcript = transcript
+        self.request_log = request_log
         self.flag = flag  # the option that gave the URL, for messages
         self._key = api_key
         self._key_env = key_env
@@ -345,8 +345,8 @@ class JSONClient:
                 with self._lock:
                     self.requests += 1
                 record["seconds"] = round(time.perf_counter() - started, 4)
-                if self.transcript is not None:
-                    self.transcript.write(record)
+                if self.request_log is not None:
+                    self.request_log.write(record)
             if attempt < s.max_retries:
                 log.info("%s: %s %s failed (%s); retry %d of %d in %.1fs", self.name, method, full, last,
                          attempt + 1, s.max_retries, wait)
@@ -386,14 +386,14 @@ class JSONClient:
                             "before anything uses it (generated text that held it is changed)", self.name, REDACTED)
         if len(raw) <= _MAX_LOGGED_BODY:
             record["response"] = answer
-        else:  # the transcript keeps at most _MAX_LOGGED_BODY of any one body
+        else:  # the request log keeps at most _MAX_LOGGED_BODY of any one body
             record["response_text"] = self._head(raw)
             record["response_bytes"] = len(raw)
             record["response_truncated"] = True
         return answer
 
     def _head(self, raw: bytes) -> str:
-        """The start of a body as text for the transcript: at most _MAX_LOGGED_BODY bytes, with the key
+        """The start of a body as text for the request log: at most _MAX_LOGGED_BODY bytes, with the key
         redacted even where the cut falls inside it."""
         extra = len(self._key.encode()) if self._key else 0
         text = raw[: _MAX_LOGGED_BODY + extra].decode("utf-8", "replace")

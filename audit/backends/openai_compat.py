@@ -41,7 +41,7 @@ from distill_audit.backends.http import (
     JSONClient,
     RejectedError,
     RemoteError,
-    Transcript,
+    RequestLog,
     parse_endpoint,
 )
 from distill_audit.backends.remote import UNKNOWN_ID, TokenMap, parse_token_ids, remote_fingerprint
@@ -128,8 +128,8 @@ class OpenAIAdapter(ModelAdapter):
                 raise UsageError(f"the environment variable {config.api_key_env} (named for {name}'s API key) "
                                  "is not set or is empty")
         token_map = TokenMap.load(config.tokenizer, f"--{name.split('-')[0]}-tokenizer") if config.tokenizer else None
-        transcript = Transcript(transcript_path, key) if transcript_path is not None else None
-        client = JSONClient(endpoint, name, key, settings, transcript, config.api_key_env, flag=flag)
+        request_log = RequestLog(transcript_path, key) if transcript_path is not None else None
+        client = JSONClient(endpoint, name, key, settings, request_log, config.api_key_env, flag=flag)
         adapter = cls(name, config, client, token_map)
         adapter._discover()
         return adapter
@@ -328,8 +328,8 @@ class OpenAIAdapter(ModelAdapter):
             "http": self.client.settings.to_dict(),
             "device": "remote",
         }
-        if self.client.transcript is not None:
-            out["transcript"] = str(self.client.transcript.path)
+        if self.client.request_log is not None:
+            out["transcript"] = str(self.client.request_log.path)  # the result's name for the request log
         return out
 
     @property
@@ -490,5 +490,5 @@ class OpenAIAdapter(ModelAdapter):
 
     def close(self) -> None:
         self.client.close()
-        if self.client.transcript is not None:
-            self.client.transcript.close()
+        if self.client.request_log is not None:
+            self.client.request_log.close()
