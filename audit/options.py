@@ -134,7 +134,7 @@ OPTIONS: tuple[Option, ...] = (
            help="An alternative teacher known only from a transcript of its answers (repeatable; like "
                 "--teacher-transcript, and its prompts must cover the probes)."),
     # -- what is asked, and how the verdict is reached
-    Option("--probes", "audit", str, relative="model",
+    Option("--probes", "audit", str, metavar="NAME|FILE", relative="model",
            help="A built-in probe set's name, or a .txt/.jsonl file [default: 'default', or the transcript's "
                 "prompts with --teacher-transcript]."),
     Option("--n-probes", "audit", int, interval=Interval(low=1), field="n_probes", recorded=True,
