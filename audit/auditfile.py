@@ -180,6 +180,13 @@ def read_audit_file(path: Path) -> AuditFile:
             typed = _option_value(option, value, where)
             check_value(option, typed, where)
             values[key] = _resolve(option, typed, base, where)
+    if values.get("detectors"):
+        from distill_audit.detectors import REGISTRY
+
+        unknown = [d for d in values["detectors"] if d not in REGISTRY]
+        if unknown:
+            raise UsageError(f"{name}: [audit] detectors: unknown detector {unknown[0]!r}; known: "
+                             f"{', '.join(sorted(REGISTRY))}")
     if students and any(values.get(k) for k in ("student", "student_url")):
         raise UsageError(f"{name}: [models] has students and student; give one student, or a list of them")
     return AuditFile(path, text, hashlib.sha256(raw).hexdigest(), values,

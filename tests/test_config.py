@@ -153,6 +153,7 @@ def test_a_flag_overrides_the_file_and_detector_parameters_reach_the_detector(
     (("margin = 0.2", "margn = 0.2"), ["unknown key 'margn' in [detectors.next-token-agreement]", "margin"]),
     (("max_new_tokens = 8", 'max_new_tokens = "8"'), ["[detectors.next-token-agreement] max_new_tokens must be an integer"]),
     (("[detectors.next-token-agreement]", "[detectors.nope]"), ["unknown detector [detectors.nope]"]),
+    (('"top-k-overlap"]', '"top-k-overlapp"]'), ["audit.toml: [audit] detectors: unknown detector 'top-k-overlapp'"]),
     (("[output]", "[outputs]"), ["unknown table [outputs] at the top level"]),
     (("seed = 7", "seed = 7\nseed = 8"), ["audit.toml: not valid TOML"]),
 ])
