@@ -41,7 +41,7 @@ def test_the_option_table_agrees_with_the_owners_of_its_choices_and_defaults() -
         if option.field is None:
             continue
         owner, _, attr = option.field.rpartition(".")
-        (declared,) = [f for f in dataclasses.fields(owners[owner]) if f.name == attr]  # type: ignore[arg-type]
+        (declared,) = [f for f in dataclasses.fields(owners[owner]) if f.name == attr]
         expected = () if option.multiple else option.default
         assert declared.default == expected, option.name
 
@@ -53,8 +53,8 @@ class _Stop(UsageError):
     pass
 
 
-def _spec_of(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, dict[str, Any] | None]:
-    """The spec `run` would audit (and what it would record of the audit file), without loading a model."""
+def _spec_of(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The spec `run` would audit, without loading a model."""
     seen: dict[str, Any] = {}
 
     def fake_run_audit(spec: Any, **_: Any) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def _spec_of(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, dic
     monkeypatch.setattr("distill_audit.runner.run_audit", fake_run_audit)
     result = CliRunner().invoke(main, ["run", *args], catch_exceptions=False)
     assert "stopped before loading models" in result.stderr, result.stderr
-    return seen["spec"], None
+    return seen["spec"]
 
 
 def _models(tmp_path: Path) -> dict[str, Path]:
@@ -111,13 +111,13 @@ def test_an_audit_file_gives_the_spec_the_same_flags_give(tmp_path: Path, monkey
     m = _models(tmp_path)
     config = tmp_path / "audit.toml"
     config.write_text(FULL_FILE.replace("\n[detectors.next-token-agreement]\nmax_new_tokens = 8\nmargin = 0.2\n", ""))
-    from_file, _ = _spec_of(["--config", str(config)], monkeypatch)
+    from_file = _spec_of(["--config", str(config)], monkeypatch)
     flags = ["--teacher", str(m["teacher"]), "--student", str(m["student"]), "--reference", str(m["ref-1"]),
              "--reference", str(m["ref-2"]), "--probes", str(tmp_path / "probes.txt"), "--n-probes", "2",
              "--seed", "7", "--alpha", "0.05", "--detector", "next-token-agreement", "--detector", "top-k-overlap",
              "--teacher-access", "gray", "--combine", "cauchy", "--no-negative-controls", "--teacher-name", "Acme",
              "--dtype", "float32", "--batch-tokens", "256", "--no-cache", "--out", str(tmp_path / "out")]
-    from_flags, _ = _spec_of(flags, monkeypatch)
+    from_flags = _spec_of(flags, monkeypatch)
     assert from_file == from_flags
     assert from_file.settings() == from_flags.settings()
     assert from_file.alpha == 0.05 and from_file.cache_dir is None and not from_file.negative_controls
@@ -128,7 +128,7 @@ def test_a_flag_overrides_the_file_and_detector_parameters_reach_the_detector(
     _models(tmp_path)
     config = tmp_path / "audit.toml"
     config.write_text(FULL_FILE)
-    spec, _ = _spec_of(["--config", str(config), "--alpha", "0.02", "--combine", "bonferroni"], monkeypatch)
+    spec = _spec_of(["--config", str(config), "--alpha", "0.02", "--combine", "bonferroni"], monkeypatch)
     assert spec.alpha == 0.02 and spec.combination == "bonferroni"  # given on the command line
     assert spec.seed == 7 and spec.teacher_access == "gray"  # from the file, where no flag was given
     assert spec.settings()["detector_params"] == {"next-token-agreement": {"max_new_tokens": 8, "margin": 0.2}}
