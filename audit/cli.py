@@ -17,7 +17,7 @@ from click.core import ParameterSource
 from distill_audit import __version__
 from distill_audit.auditfile import AuditFile
 from distill_audit.errors import AuditError, UsageError
-from distill_audit.options import BY_NAME, MODEL_OPTIONS, OPTIONS, Option, build_spec, defaults
+from distill_audit.options import BY_NAME, MODEL_OPTIONS, OPTIONS, Option, build_spec, check_values, defaults
 from distill_audit.result import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -279,6 +279,7 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     from distill_audit.runner import run_audit
 
     started = time.perf_counter()
+    check_values(kw)  # before the models are built
     out = _out_dir(out)
     cache_dir = kw["cache_dir"] or default_cache_dir()
     quiet = ctx.obj["progress"] is False

@@ -103,6 +103,11 @@ def _check_duration(value: Any, where: str) -> None:
     parse_duration(str(value), where)
 
 
+def _check_directory(value: Any, where: str) -> None:
+    if Path(value).exists() and not Path(value).is_dir():
+        raise UsageError(f"{where} {value}: exists and is not a directory")
+
+
 def _api_group(flag: str, what: str) -> list[Option]:
     """``{flag}-url``, ``{flag}-model`` (both repeatable, paired in order) and ``{flag}-api-key-env``."""
     return [
@@ -229,7 +234,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--batch-tokens", "load", int, interval=Interval(low=1), field="token_budget", recorded=True,
            help="Token budget of one batch (rows x longest row) [default: 1024 on a CPU, where cache-sized batches "
                 "run fastest; 16384 on a GPU]. Halved automatically on out-of-memory."),
-    Option("--cache-dir", "load", Path, relative="path",
+    Option("--cache-dir", "load", Path, relative="path", check=_check_directory,
            help="Inference cache and demo models [default: the user cache directory]."),
     Option("--no-cache", "load", bool, default=True, help="Keep no inference cache on disk."),
 )
@@ -256,6 +261,12 @@ def check_value(option: Option, value: Any, where: str) -> None:
             raise UsageError(f"{where} must be {option.interval.describe()}, got {item}")
         if option.check is not None:
             option.check(item, where)
+
+
+def check_values(values: Mapping[str, Any], label: Callable[[str], str] | None = None) -> None:
+    """:func:`check_value` over option values by name, each named by ``label`` (default: its flag)."""
+    for name, value in values.items():
+        check_value(BY_NAME[name], value, label(name) if label is not None else BY_NAME[name].flag)
 
 
 def _field(obj: Any, path: str) -> Any:
@@ -359,8 +370,7 @@ def build_spec(values: Mapping[str, Any], cache_dir: Path | None, transcript_dir
     from distill_audit.backends.http import HTTPSettings
     from distill_audit.spec import AuditSpec, TranscriptSource
 
-    for name, value in values.items():
-        check_value(BY_NAME[name], value, label(name))
+    check_values(values, label)
     references = tuple(values["references"]) + _remote_group(values, "reference", label)
     alternatives = (
         tuple(values["alternative_teachers"])

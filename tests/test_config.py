@@ -264,7 +264,8 @@ max_new_tokens = 6
         assert r["audit_file"] == {"path": str(config), "sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
                                    "content": config.read_text()}
         assert r["settings"]["detector_params"] == {"next-token-agreement": {"max_new_tokens": 6}}
-        assert (out / student.name / "report.html").exists()
+        report = (out / student.name / "report.html").read_text()
+        assert "<dt>audit file</dt>" in report and r["audit_file"]["sha256"] in report
     first, second = (r["inference"] for r in results)
     # the second audit read the teacher's and the references' answers back from the cache the first one filled
     assert second["cache_hits"] > first["cache_hits"] and second["computed"] < first["computed"]
