@@ -17,8 +17,9 @@ from click.core import ParameterSource
 from distill_audit import __version__
 from distill_audit.auditfile import AuditFile
 from distill_audit.errors import AuditError, UsageError
-from distill_audit.options import BY_NAME, MODEL_OPTIONS, OPTIONS, Option, build_spec, check_values, defaults
+from distill_audit.options import BY_NAME, MODEL_OPTIONS, OPTIONS, Option, check_values, defaults
 from distill_audit.result import dumps
+from distill_audit.specbuild import build_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("distill_audit")
