@@ -9,13 +9,17 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from distill_audit import __version__
+from distill_audit.auditfile import AuditFile
 from distill_audit.errors import AuditError, UsageError
+from distill_audit.options import BY_NAME, MODEL_OPTIONS, OPTIONS, Option, check_values, defaults
 from distill_audit.result import dumps
+from distill_audit.specbuild import build_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("distill_audit")
@@ -100,68 +104,36 @@ def _stack(func: F, options: list[Callable[[Any], Any]]) -> F:
     return func
 
 
-def _load_options(func: F) -> F:
-    """How a local model is loaded (:class:`LoadOptions`): every command that runs one takes the same flags."""
-    options = [
-        click.option("--device", default="auto", show_default=True,
-                     help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-                     show_default=True, help="auto: bfloat16 on a GPU, float32 on a CPU."),
-        click.option("--device-map", type=click.Choice(["auto"]), default=None,
-                     help="Spread a model too large for one device over all devices (accelerate)."),
-        click.option("--allow-pickle", is_flag=True,
-                     help="Load pickle (.bin) checkpoints. They can run code when loaded: trusted sources only."),
-        click.option("--trust-remote-code", is_flag=True,
-                     help="Run model code shipped with a checkpoint. Off by default; trusted sources only."),
-    ]
-    return _stack(func, options)
+def _click_option(option: Option) -> Callable[[Any], Any]:
+    """The click option of one declared setting. Ranges and choices are not enforced by click: the table's one
+    check (``options.check_value``) does that for flags and audit files alike, as one line and exit 2."""
+    text = option.help
+    if option.interval is not None:
+        text += f" [{option.interval.describe()}]"
+    if option.type is bool:
+        if option.default:  # a --no-X switch: X is true unless the flag is given
+            return click.option(option.flag, option.name, is_flag=True, flag_value=False, default=True, help=text)
+        return click.option(option.flag, option.name, is_flag=True, help=text)
+    kind: Any = (click.Choice(option.choices) if option.choices else
+                 click.Path(path_type=Path) if option.type is Path else option.type)
+    return click.option(option.flag, option.name, type=kind, multiple=option.multiple,
+                        default=None if option.multiple else option.default, metavar=option.metavar,
+                        show_default=option.show_default, help=text)
 
 
-def _model_options(func: F) -> F:
-    options = [
-        _load_options,
-        click.option("--batch-tokens", default=None, type=click.IntRange(min=1),
-                     help="Token budget of one batch (rows x longest row) [default: 1024 on a CPU, where "
-                          "cache-sized batches run fastest; 16384 on a GPU]. Halved automatically on out-of-memory."),
-        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Inference cache and demo models [default: the user cache directory]."),
-        click.option("--no-cache", is_flag=True, help="Keep no inference cache on disk."),
-    ]
-    return _stack(func, options)
+def _declared_options(names: Sequence[str] | None = None) -> Callable[[F], F]:
+    """Click options for the declared settings (all of them, or those named), in the table's order."""
+    chosen = [o for o in OPTIONS if names is None or o.name in names]
+
+    def apply(func: F) -> F:
+        return _stack(func, [_click_option(o) for o in chosen])
+
+    return apply
 
 
-def _audit_options(func: F) -> F:
-    options = [
-        click.option("--teacher-logs", type=click.Path(path_type=Path), default=None, metavar="JSONL",
-                     help="Logged teacher outputs that may have reached the student, one {\"prompt\", \"completion\"} "
-                          "object per line; enables the paired logged-vs-fresh membership test."),
-        click.option("--teacher-fresh", type=click.Path(path_type=Path), default=None, metavar="JSONL",
-                     help="Fresh teacher outputs for the same prompts, drawn the way the logged ones were "
-                          "[default: sampled from the teacher here, seeded, at the logged lengths]."),
-        click.option("--fresh-temperature", type=float, default=1.0, show_default=True,
-                     help="Sampling temperature for fresh outputs made here; match the one the logs were made with."),
-        click.option("--membership-score", type=click.Choice(["loss", "min-k++", "zlib"]), default="loss",
-                     show_default=True, help="Test statistic of logged-vs-fresh (the others are reported, not tested)."),
-        click.option("--teacher-name", "teacher_names", multiple=True, metavar="NAME",
-                     help="A name of the teacher or its maker (repeatable); identity probes record student answers naming it."),
-        click.option("--teacher-access", type=click.Choice(["white", "gray", "black"]), default="white",
-                     show_default=True,
-                     help="Audit the teacher as if only this access existed: gray = top-k log-probs of its generated "
-                          "tokens, black = generated text only. Detectors needing more are skipped with the reason."),
-        click.option("--combine", "combination", type=click.Choice(["bonferroni", "cauchy"]), default="bonferroni",
-                     show_default=True,
-                     help="How detector p-values combine: Bonferroni (valid under any dependence) or the Cauchy "
-                          "combination (less conservative; valid under dependence for small alpha)."),
-        click.option("--no-negative-controls", is_flag=True,
-                     help="Skip the negative controls (each reference audited in the student's seat)."),
-        click.option("--watermark-key", type=click.Path(path_type=Path), default=None, metavar="FILE",
-                     help="The teacher's private watermark key (`distill-audit watermark keygen`): enables "
-                          "watermark-radioactivity. Results record its fingerprint, never the secret."),
-        click.option("--watermark-texts", type=click.Path(path_type=Path), default=None, metavar="JSONL",
-                     help="Watermarked teacher texts (`watermark generate` output): the student reads them "
-                          "(reading mode) when it scores text and shares the key's tokenizer."),
-    ]
-    return _stack(func, options)
+# how a local model is loaded (LoadOptions): every command that runs one takes the same declared flags
+LOAD_OPTIONS = ("device", "dtype", "device_map", "allow_pickle", "trust_remote_code")
+_load_options = _declared_options(LOAD_OPTIONS)
 
 
 def _out_dir(out: Path) -> Path:
@@ -170,129 +142,111 @@ def _out_dir(out: Path) -> Path:
     return check_output_dir(out)
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(value: str) -> float | None:
-    """Seconds from '90', '30m', '12h', '7d'; 'forever' for no limit."""
-    text = value.strip().lower()
-    if text in ("forever", "inf", "none"):
-        return None
-    unit = _DURATION_UNITS.get(text[-1:], None)
-    number = text[:-1] if unit is not None else text
-    try:
-        seconds = float(number) * (unit or 1)
-    except ValueError:
-        raise UsageError(f"--api-cache-ttl {value!r}: give a duration such as 3600, 30m, 12h, 7d, or 'forever'") from None
-    if not seconds >= 0:
-        raise UsageError(f"--api-cache-ttl {value!r}: must be 0 or more")
-    return seconds
-
-
-def _api_group_options(flag: str, dest: str, what: str) -> list[Callable[[Any], Any]]:
-    """``{flag}-url``, ``{flag}-model`` (both repeatable, paired in order) and ``{flag}-api-key-env``: models of one
-    role behind OpenAI-compatible APIs."""
-    return [
-        click.option(f"{flag}-url", f"{dest}_urls", multiple=True, metavar="URL",
-                     help=f"{what} behind an OpenAI-compatible API (repeatable; pairs in order with {flag}-model)."),
-        click.option(f"{flag}-model", f"{dest}_models", multiple=True, metavar="NAME",
-                     help=f"Model name for each {flag}-url, in the same order."),
-        click.option(f"{flag}-api-key-env", default=None, metavar="VAR",
-                     help=f"Environment variable with the key of the {flag}-url servers."),
-    ]
-
-
-def _remote_options(func: F) -> F:
-    options = [
-        click.option("--teacher-url", default=None, metavar="URL",
-                     help="Teacher behind an OpenAI-compatible API (vLLM, TGI, llama.cpp server, ...), e.g. "
-                          "http://127.0.0.1:8000/v1; needs --teacher-model."),
-        click.option("--teacher-model", default=None, metavar="NAME", help="The teacher's model name at --teacher-url."),
-        click.option("--teacher-api-key-env", default=None, metavar="VAR",
-                     help="Environment variable holding the teacher API's key (the key is never written anywhere)."),
-        click.option("--teacher-tokenizer", default=None, metavar="DIR",
-                     help="A local copy of the remote or transcript teacher's tokenizer: lets token-level detectors "
-                          "compare ids (checked against the server) and counts its tokens."),
-        click.option("--teacher-transcript", type=click.Path(path_type=Path), default=None, metavar="JSONL",
-                     help="A closed teacher known only from its logged answers: OpenAI chat logs (messages + response, "
-                          "optional logprobs) or {\"prompt\", \"completion\"} lines. Its prompts become the probes."),
-        click.option("--student-url", default=None, metavar="URL", help="Student behind an OpenAI-compatible API."),
-        click.option("--student-model", default=None, metavar="NAME", help="The student's model name at --student-url."),
-        click.option("--student-api-key-env", default=None, metavar="VAR", help="Environment variable with its key."),
-        click.option("--student-tokenizer", default=None, metavar="DIR",
-                     help="A local copy of the remote student's tokenizer."),
-        *_api_group_options("--reference", "reference", "A reference"),
-        *_api_group_options("--alternative-teacher", "alternative", "An alternative teacher"),
-        click.option("--api", type=click.Choice(["auto", "completions", "chat"]), default="auto", show_default=True,
-                     help="Which generation route of the APIs to use; auto: completions, else chat."),
-        click.option("--api-concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-                     help="Requests in flight per API model."),
-        click.option("--api-timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
-                     help="Seconds for one API request before it is retried."),
-        click.option("--api-cache-ttl", default="7d", show_default=True, metavar="DURATION",
-                     help="How long a cached answer from a model behind an API is trusted before it is asked again "
-                          "(e.g. 3600, 30m, 12h, 7d, or 'forever'). Local models never go stale: their cache key is "
-                          "their content."),
-        click.option("--refresh", is_flag=True,
-                     help="Ask every model behind an API again instead of using cached answers (--api-cache-ttl 0)."),
-        click.option("--api-retries", type=click.IntRange(min=0), default=6, show_default=True,
-                     help="Retries of a request after 429, 5xx, timeouts or cut-short answers (exponential backoff "
-                          "with jitter; Retry-After is honoured)."),
-    ]
-    return _stack(func, options)
-
-
 @main.command()
-@click.option("--teacher", default=None, metavar="PATH|ID|GGUF",
-              help="Teacher model: checkpoint directory, cached hub id, or .gguf file (or see --teacher-url, "
-                   "--teacher-transcript).")
-@click.option("--student", default=None, metavar="PATH|ID|GGUF", help="The suspect student model (or --student-url).")
-@click.option("--reference", "references", multiple=True, metavar="PATH|ID|GGUF",
-              help="An independent reference model of a similar class; repeat for each (at least 2; 6+ give the "
-                   "panel test power). Include a model trained on the teacher's data if you have one.")
-@click.option("--alternative-teacher", "alternatives", multiple=True, metavar="PATH|ID|GGUF",
-              help="Another model that could have been the teacher (repeatable): a sibling run, the same family's "
-                   "other sizes, another vendor's model. The verdict then asks whether the student leans to the "
-                   "teacher over each one, and the report names the candidate the evidence points to.")
-@click.option("--alternative-teacher-transcript", "alternative_transcripts", multiple=True, metavar="JSONL",
-              type=click.Path(path_type=Path),
-              help="An alternative teacher known only from a transcript of its answers (repeatable; like "
-                   "--teacher-transcript, and its prompts must cover the probes).")
-@click.option("--probes", default=None,
-              help="A built-in probe set's name, or a .txt/.jsonl file [default: 'default', or the transcript's "
-                   "prompts with --teacher-transcript].")
-@click.option("--n-probes", type=click.IntRange(min=1), default=None, help="Use a seeded random subset of this many probes.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for sub-sampling, sampling and bootstraps.")
-@click.option("--alpha", default=0.01, show_default=True, type=float, help="Significance level of the verdict.")
-@click.option("--detector", "detectors", multiple=True, metavar="NAME",
-              help="Run only these detectors (repeatable); see `distill-audit detectors`.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory; result.json is written there.")
-@_audit_options
-@click.option("--fail-on", type=click.Choice(["distilled", "inconclusive"]), default=None,
-              help="CI gating: exit 1 (after writing the result) when the verdict is distilled, or with "
-                   "'inconclusive' when it is anything but not-distilled.")
-@_remote_options
-@_model_options
+@click.option("--config", type=click.Path(path_type=Path), default=None, metavar="AUDIT.toml",
+              help="Read the audit from this file (`distill-audit init` writes an example): models, probes, logs, "
+                   "detectors and their parameters, outputs; a flag given here overrides the same key in the file. "
+                   "The result records the file's sha256 and text. A file may list several students (a sweep).")
+@_declared_options()
 @click.pass_context
 @user_errors
-def run(ctx: click.Context, out: Path, fail_on: str | None, **kw: Any) -> None:
-    """Audit one student against one teacher and a reference panel.
+def run(ctx: click.Context, config: Path | None, **kw: Any) -> None:
+    """Audit one student (or, from an audit file, several) against one teacher and a reference panel.
 
     Exit codes: 0 done; 1 runtime error, or the verdict matched --fail-on (the result is written);
     2 usage error.
     """
+    from distill_audit.auditfile import read_audit_file
+
+    audit_file = read_audit_file(config) if config is not None else None
+    values, label = _merge(ctx, kw, audit_file)
+    if values["out"] is None:
+        raise UsageError("give --out DIR (or out in [output] of the audit file)")
+    out = _out_dir(values["out"])
+    given_student = any(values[k] for k in ("student", "student_url"))
+    if audit_file is not None and audit_file.students and not given_student:
+        verdicts = _run_sweep(ctx, values, label, audit_file, out)
+    else:
+        result = _audit_one(ctx, values, label, audit_file, out)
+        _print_verdict("audit", result, out / "result.json")
+        click.echo(f"  report: {out / 'report.html'}")
+        verdicts = [result["verdict"]["label"]]
+    fail_on = values["fail_on"]
+    matched = [v for v in verdicts if fail_on is not None and v in GATES[fail_on]]
+    if matched:
+        click.echo(f"distill-audit: verdict {matched[0]} matches --fail-on {fail_on}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+def _merge(ctx: click.Context, kw: dict[str, Any], audit_file: AuditFile | None
+           ) -> tuple[dict[str, Any], Callable[[str], str]]:
+    """Each option's value: a flag given on the command line, else the audit file's key, else the default; and a
+    function naming each option the way the user gave it (for messages)."""
+    values = dict(kw)
+    from_file: set[str] = set()
+    if audit_file is not None:
+        for name, value in audit_file.values.items():
+            if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+                values[name] = value
+                from_file.add(name)
+
+    def label(name: str) -> str:
+        return audit_file.where(name) if audit_file is not None and name in from_file else BY_NAME[name].flag
+
+    return values, label
+
+
+def _audit_one(ctx: click.Context, values: dict[str, Any], label: Callable[[str], str], audit_file: AuditFile | None,
+               out: Path) -> dict[str, Any]:
+    """One audit, written to OUT/result.json and OUT/report.html (with the audit file recorded, if any)."""
     from distill_audit.runner import run_audit
 
-    out = _out_dir(out)
-    spec = _spec(kw, transcript_dir=out / "transcripts")
+    detector_params = audit_file.detector_params if audit_file is not None else None
+    spec = build_spec(values, default_cache_dir(), out / "transcripts", detector_params, label)
     result = run_audit(spec, progress=ctx.obj["progress"], command=sys.argv)
+    if audit_file is not None:
+        result["audit_file"] = audit_file.record()
     _write_outputs(out, result)
-    _print_verdict("audit", result, out / "result.json")
-    click.echo(f"  report: {out / 'report.html'}")
-    label = result["verdict"]["label"]
-    if fail_on is not None and label in GATES[fail_on]:
-        click.echo(f"distill-audit: verdict {label} matches --fail-on {fail_on}", err=True)
-        sys.exit(EXIT_ERROR)
+    return result
+
+
+def _student_dirs(students: Sequence[str]) -> list[str]:
+    """A folder name per student: the model's own name, made safe and unique."""
+    names: list[str] = []
+    for i, student in enumerate(students, 1):
+        base = Path(student.rstrip("/")).name
+        base = Path(base).stem if base.lower().endswith(".gguf") else base
+        safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).strip(".") or f"student-{i}"
+        name, n = safe, 2
+        while name in names:
+            name, n = f"{safe}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _run_sweep(ctx: click.Context, values: dict[str, Any], label: Callable[[str], str], audit_file: AuditFile,
+               out: Path) -> list[str]:
+    """Each listed student in turn against the same teacher and panel. One cache serves them all, so the
+    teacher's and the references' answers are computed for the first student and read back for the others."""
+    from distill_audit.outputs import write_together
+    from distill_audit.reports.index import render_index_html, render_index_markdown
+
+    if not values["cache"]:
+        log.warning("a sweep without a cache computes the teacher's and the references' answers again for each "
+                    "student")
+    rows, verdicts = [], []
+    for student, folder in zip(audit_file.students, _student_dirs(audit_file.students)):
+        result = _audit_one(ctx, dict(values, student=student), label, audit_file, out / folder)
+        _print_verdict(folder, result, out / folder / "result.json")
+        verdict = result["verdict"]
+        rows.append({"student": folder, "source": student, "verdict": verdict["label"], "p_value": verdict["p_value"],
+                     "report": f"{folder}/report.html", "result": f"{folder}/result.json"})
+        verdicts.append(verdict["label"])
+    record = audit_file.record()
+    write_together({out / "index.html": render_index_html(rows, record),
+                    out / "index.md": render_index_markdown(rows, record)})
+    click.echo(f"  index: {out / 'index.html'}")
+    return verdicts
 
 
 def _write_outputs(out: Path, result: dict[str, Any]) -> None:
@@ -306,94 +260,12 @@ def _write_outputs(out: Path, result: dict[str, Any]) -> None:
     write_together({out / "result.json": text, out / "report.html": html})
 
 
-def _source(kw: dict[str, Any], role: str) -> Any:
-    """The one model source given for a role: a local path, an API endpoint, or (teacher) a transcript."""
-    from distill_audit.backends.openai_compat import RemoteModel
-    from distill_audit.spec import TranscriptSource
-
-    local, url, name = kw.get(role), kw.get(f"{role}_url"), kw.get(f"{role}_model")
-    transcript = kw.get(f"{role}_transcript")
-    tokenizer = kw.get(f"{role}_tokenizer")
-    flags = [f"--{role}", f"--{role}-url"] + (["--teacher-transcript"] if role == "teacher" else [])
-    given = [x for x in (local, url, transcript) if x]
-    if len(given) != 1:
-        raise UsageError(f"give exactly one of {', '.join(flags)} ({'several' if given else 'none'} given)")
-    if name and not url:
-        raise UsageError(f"--{role}-model names the model at --{role}-url; give the URL too")
-    if kw.get(f"{role}_api_key_env") and not url:
-        raise UsageError(f"--{role}-api-key-env is for a model behind an API (--{role}-url)")
-    if url:
-        if not name:
-            raise UsageError(f"--{role}-url needs --{role}-model NAME (the name the server knows the model by)")
-        return RemoteModel(url, name, kw.get(f"{role}_api_key_env"), tokenizer, kw.get("api") or "auto")
-    if tokenizer and not transcript:
-        raise UsageError(f"--{role}-tokenizer is for a model behind an API or a transcript; a local model has its own")
-    if transcript:
-        return TranscriptSource(Path(transcript), tokenizer)
-    return local
-
-
 def _load_options_from(kw: dict[str, Any]) -> Any:
-    """The :class:`LoadOptions` the :func:`_load_options` flags ask for."""
+    """The :class:`LoadOptions` the :data:`LOAD_OPTIONS` flags ask for (commands outside ``run``)."""
     from distill_audit.backends.hf import LoadOptions
 
     return LoadOptions(device=kw["device"], dtype=kw["dtype"], device_map=kw["device_map"],
                        allow_pickle=kw["allow_pickle"], trust_remote_code=kw["trust_remote_code"])
-
-
-def _spec(kw: dict[str, Any], transcript_dir: Path | None = None) -> Any:
-    from distill_audit.backends.http import HTTPSettings
-    from distill_audit.backends.openai_compat import RemoteModel
-    from distill_audit.spec import AuditSpec, TranscriptSource
-
-    urls, names = kw.get("reference_urls", ()), kw.get("reference_models", ())
-    if len(urls) != len(names):
-        raise UsageError(f"each --reference-url needs its --reference-model, in the same order "
-                         f"({len(urls)} URL(s), {len(names)} name(s))")
-    remote_refs = tuple(RemoteModel(u, n, kw.get("reference_api_key_env"), None, kw.get("api") or "auto")
-                        for u, n in zip(urls, names))
-    alt_urls, alt_names = kw.get("alternative_urls", ()), kw.get("alternative_models", ())
-    if len(alt_urls) != len(alt_names):
-        raise UsageError(f"each --alternative-teacher-url needs its --alternative-teacher-model, in the same order "
-                         f"({len(alt_urls)} URL(s), {len(alt_names)} name(s))")
-    if kw.get("alternative_teacher_api_key_env") and not alt_urls:
-        raise UsageError("--alternative-teacher-api-key-env is for alternative teachers behind an API "
-                         "(--alternative-teacher-url)")
-    alternatives = (
-        tuple(kw.get("alternatives", ()))
-        + tuple(RemoteModel(u, n, kw.get("alternative_teacher_api_key_env"), None, kw.get("api") or "auto")
-                for u, n in zip(alt_urls, alt_names))
-        + tuple(TranscriptSource(Path(t)) for t in kw.get("alternative_transcripts", ()))
-    )
-    http = HTTPSettings(concurrency=kw.get("api_concurrency", 4), timeout=kw.get("api_timeout", 120.0),
-                        max_retries=kw.get("api_retries", 6))
-    return AuditSpec(
-        teacher=_source(kw, "teacher"),
-        student=_source(kw, "student"),
-        references=tuple(kw["references"]) + remote_refs,
-        alternative_teachers=alternatives,
-        http=http,
-        transcript_dir=transcript_dir,
-        probes=kw["probes"],
-        n_probes=kw["n_probes"],
-        seed=kw["seed"],
-        alpha=kw["alpha"],
-        detectors=tuple(kw["detectors"]),
-        load=_load_options_from(kw),
-        token_budget=kw["batch_tokens"],
-        cache_dir=None if kw["no_cache"] else (kw["cache_dir"] or default_cache_dir()),
-        api_cache_ttl=0.0 if kw.get("refresh") else _duration(kw.get("api_cache_ttl") or "7d"),
-        teacher_logs=kw.get("teacher_logs"),
-        teacher_fresh=kw.get("teacher_fresh"),
-        fresh_temperature=kw.get("fresh_temperature", 1.0),
-        membership_score=kw.get("membership_score", "loss"),
-        teacher_names=tuple(kw.get("teacher_names", ())),
-        teacher_access=kw.get("teacher_access", "white"),
-        combination=kw.get("combination", "bonferroni"),
-        negative_controls=not kw.get("no_negative_controls", False),
-        watermark_key=kw.get("watermark_key"),
-        watermark_texts=kw.get("watermark_texts"),
-    )
 
 
 def _print_verdict(title: str, result: dict[str, Any], path: Path) -> None:
@@ -406,7 +278,7 @@ def _print_verdict(title: str, result: dict[str, Any], path: Path) -> None:
 @click.option("--out", default=Path("demo-audit"), show_default=True, type=click.Path(path_type=Path),
               help="Where the two demo results go.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@_model_options
+@_declared_options(MODEL_OPTIONS)
 @click.pass_context
 @user_errors
 def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
@@ -421,6 +293,7 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     from distill_audit.runner import run_audit
 
     started = time.perf_counter()
+    check_values(kw)  # before the models are built
     out = _out_dir(out)
     cache_dir = kw["cache_dir"] or default_cache_dir()
     quiet = ctx.obj["progress"] is False
@@ -429,12 +302,13 @@ def demo(ctx: click.Context, out: Path, seed: int, **kw: Any) -> None:
     probes = out / "demo-probes.txt"
     write_atomic(probes, "\n".join(demo_prompts()) + "\n")
     refs = tuple(str(p) for name, p in sorted(paths.items()) if name.startswith("reference-"))
+    kw = dict(defaults(), **kw)
     kw.update(teacher=str(paths["teacher"]), references=refs, probes=str(probes), n_probes=None, seed=seed,
               alpha=0.01, detectors=(), teacher_logs=paths["teacher"].parent / LOGS_FILE,
               teacher_fresh=paths["teacher"].parent / FRESH_FILE)
     for case, suspect in (("distilled", "student"), ("control", "control")):
         kw["student"] = str(paths[suspect])
-        result = run_audit(_spec(kw), progress=ctx.obj["progress"], command=sys.argv)
+        result = run_audit(build_spec(kw, cache_dir), progress=ctx.obj["progress"], command=sys.argv)
         _write_outputs(out / case, result)
         _print_verdict(f"{case:>9} student", result, out / case / "result.json")
     click.echo(f"demo models: {next(iter(paths.values())).parent}   ({time.perf_counter() - started:.0f}s)")
@@ -474,6 +348,23 @@ def render(result_file: Path, fmt: str, output: Path | None) -> None:
         raise UsageError(f"{target}: refusing to overwrite the result file being rendered; choose -o")
     write_atomic(target, text)
     click.echo(str(target))
+
+
+@main.command("init")
+@click.argument("path", metavar="[PATH]", type=click.Path(path_type=Path), default=Path("audit.toml"))
+@user_errors
+def init(path: Path) -> None:
+    """Write a commented example audit file (default: audit.toml) for `run --config`; never overwrites a file."""
+    from distill_audit.auditfile import example_text
+
+    if path.exists() or path.is_symlink():
+        raise UsageError(f"{path}: already exists; refusing to overwrite it (give another path)")
+    try:
+        with open(path, "x", encoding="utf-8") as handle:  # "x": a file made meanwhile is not overwritten either
+            handle.write(example_text())
+    except FileExistsError:
+        raise UsageError(f"{path}: already exists; refusing to overwrite it (give another path)") from None
+    click.echo(f"example audit file written to {path}; edit it, then: distill-audit run --config {path}")
 
 
 @main.command("schema")

@@ -13,19 +13,19 @@ from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence
 
 from distill_audit import __version__, omnibus
-from distill_audit.aggregate import COMBINATIONS, Verdict, primary_lines, verdict
+from distill_audit.aggregate import Verdict, primary_lines, verdict
 from distill_audit.backends.base import Capability, GenerateParams, ModelAdapter
 from distill_audit.backends.hf import HFAdapter, LoadOptions
-from distill_audit.backends.restrict import ACCESS_MODES, restrict
+from distill_audit.backends.restrict import restrict
 from distill_audit.cache import InferenceCache
 from distill_audit.detectors import REGISTRY, Available, Detector, DetectorContext, Evidence, ModelHandle
 from distill_audit.detectors.base import DetectorSkipped
 from distill_audit.detectors.identity import identity_observations
-from distill_audit.detectors.membership import SCORES as MEMBERSHIP_SCORES
-from distill_audit.detectors.membership import LoggedParams, LoggedVsFresh
+from distill_audit.detectors.membership import LoggedVsFresh
 from distill_audit.engine import Engine, default_token_budget
 from distill_audit.errors import CapabilityError, UsageError
 from distill_audit.logs import LoggedOutput, LogPairs, distinct_outputs, load_outputs, pair_outputs
+from distill_audit.options import validate_spec
 from distill_audit.probes import ProbeSet, load_probe_set, prompts_hash
 from distill_audit.result import SCHEMA_VERSION
 from distill_audit.spec import AuditSpec, ModelSource, TranscriptSource, describe_source
@@ -79,6 +79,9 @@ def duplicate_warnings(probe_set: ProbeSet, pairs: LogPairs | None) -> list[str]
 
 
 def select_detectors(names: Sequence[str], spec: AuditSpec | None = None) -> list[Detector]:
+    """The detectors to run, each with its parameters: the defaults, the audit file's ``[detectors.<name>]``
+    values (checked against the Params fields when the file was read) and, for logged-vs-fresh, the spec's
+    membership score."""
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise UsageError(f"unknown detector {unknown[0]!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -86,10 +89,10 @@ def select_detectors(names: Sequence[str], spec: AuditSpec | None = None) -> lis
     out: list[Detector] = []
     for name in chosen:
         cls = REGISTRY[name]
+        given = dict(spec.detector_params.get(name, {})) if spec is not None else {}
         if cls is LoggedVsFresh and spec is not None:
-            out.append(cls(LoggedParams(score=spec.membership_score)))
-        else:
-            out.append(cls())
+            given["score"] = spec.membership_score
+        out.append(cls(cls.Params(**given)) if given else cls())
     return out
 
 
@@ -110,22 +113,8 @@ def environment() -> dict[str, str]:
 
 
 def _check_spec(spec: AuditSpec) -> None:
-    if not 0.0 < spec.alpha < 1.0:
-        raise UsageError(f"--alpha must be between 0 and 1, got {spec.alpha}")
-    if spec.combination not in COMBINATIONS:
-        raise UsageError(f"--combine must be one of {', '.join(COMBINATIONS)}, got {spec.combination!r}")
-    if spec.teacher_access not in ACCESS_MODES:
-        raise UsageError(f"--teacher-access must be one of {', '.join(ACCESS_MODES)}, got {spec.teacher_access!r}")
-    if spec.membership_score not in MEMBERSHIP_SCORES:
-        raise UsageError(f"--membership-score must be one of {', '.join(MEMBERSHIP_SCORES)}, got {spec.membership_score!r}")
-    if spec.teacher_fresh is not None and spec.teacher_logs is None:
-        raise UsageError("--teacher-fresh needs --teacher-logs: fresh outputs are compared with logged ones")
-    if not spec.fresh_temperature >= 0:
-        raise UsageError(f"--fresh-temperature must be 0 or more, got {spec.fresh_temperature}")
-    if isinstance(spec.teacher, TranscriptSource) and spec.teacher_logs is not None and spec.teacher_fresh is None:
-        raise UsageError("a transcript teacher cannot draw fresh answers: give them with --teacher-fresh")
-    if spec.watermark_texts is not None and spec.watermark_key is None:
-        raise UsageError("--watermark-texts needs --watermark-key: the texts are scored against the key's green lists")
+    """Every field against its declared option, then the rules across fields (one mechanism: options.py)."""
+    validate_spec(spec)
 
 
 def load_watermark(spec: AuditSpec) -> WatermarkInputs | None:

@@ -1,10 +1,10 @@
-"""What an audit is asked to do: a frozen value built from CLI flags, recorded in every result."""
+"""What an audit is asked to do: a frozen value built from CLI flags or an audit file, recorded in every result."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from distill_audit.backends.hf import LoadOptions
 from distill_audit.backends.http import HTTPSettings
@@ -42,6 +42,8 @@ class AuditSpec:
     seed: int = 0
     alpha: float = 0.01
     detectors: tuple[str, ...] = ()  # empty: every registered detector
+    # detector name -> {Params field: value}, set in an audit file's [detectors.<name>] tables (checked there)
+    detector_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     load: LoadOptions = field(default_factory=LoadOptions)
     token_budget: int | None = None  # None: chosen for the device (see engine.default_token_budget)
     score_top_k: int = 10
@@ -71,24 +73,8 @@ class AuditSpec:
         return any(not isinstance(s, str) for s in self.sources)
 
     def settings(self) -> dict[str, Any]:
-        """The settings that decide the numbers (paths and cache location are recorded elsewhere)."""
-        return {
-            "seed": self.seed,
-            "alpha": self.alpha,
-            "n_probes": self.n_probes,
-            "detectors": list(self.detectors),
-            "dtype": self.load.dtype,
-            "device": self.load.device,
-            "device_map": self.load.device_map,
-            "allow_pickle": self.load.allow_pickle,
-            "trust_remote_code": self.load.trust_remote_code,
-            "token_budget": self.token_budget,
-            "score_top_k": self.score_top_k,
-            "fresh_temperature": self.fresh_temperature,
-            "membership_score": self.membership_score,
-            "teacher_names": list(self.teacher_names),
-            "teacher_access": self.teacher_access,
-            "combination": self.combination,
-            "negative_controls": self.negative_controls,
-            **({"http": self.http.to_dict(), "api_cache_ttl": self.api_cache_ttl} if self.remote else {}),
-        }
+        """The settings that decide the numbers (paths and cache location are recorded elsewhere); which ones is
+        declared in the option table (``options.OPTIONS``, ``recorded``)."""
+        from distill_audit.options import recorded_settings
+
+        return recorded_settings(self)
