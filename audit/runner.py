@@ -40,12 +40,18 @@ def _load_hf(source: str, options: LoadOptions, name: str) -> ModelAdapter:
     return HFAdapter.load(source, options, name=name)
 
 
-def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _load_hf) -> ModelAdapter:
-    """The adapter for one model: a local checkpoint (through ``loader``), an HTTP API or a transcript."""
+# the option each seat's model is given with; its -url, -model and -tokenizer siblings follow from it
+SEAT_FLAGS = {"teacher": "--teacher", "student": "--student", "reference": "--reference",
+              "alternative": "--alternative-teacher"}
+
+
+def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _load_hf,
+            seat: str | None = None) -> ModelAdapter:
+    """The adapter for one model: a local checkpoint (through ``loader``), an HTTP API or a transcript.
+    ``seat`` (teacher, student, reference, alternative; default: ``name``) names the options errors point to."""
     from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel
 
-    role = name.split("-")[0]
-    flag = "--alternative-teacher" if role == "alternative" else f"--{role}"
+    flag = SEAT_FLAGS[seat or name]
     if isinstance(source, RemoteModel):
         transcript = spec.transcript_dir / f"{name}.jsonl" if spec.transcript_dir is not None else None
         return OpenAIAdapter.connect(source, name, spec.http, transcript, flag=f"{flag}-url")
@@ -385,12 +391,14 @@ def open_models(plan: AuditPlan, loader: Loader = _load_hf) -> Iterator[OpenMode
         teacher = ModelHandle("teacher", "teacher", restrict(teacher_adapter, spec.teacher_access))
         student = ModelHandle("student", "student", adopt(connect(spec.student, spec, "student", loader)))
         references = tuple(
-            ModelHandle("reference", f"reference-{i + 1}", adopt(connect(src, spec, f"reference-{i + 1}", loader)))
+            ModelHandle("reference", f"reference-{i + 1}",
+                        adopt(connect(src, spec, f"reference-{i + 1}", loader, seat="reference")))
             for i, src in enumerate(spec.references)
         )
         alternatives = tuple(
             (ModelHandle("alternative", f"alternative-{i + 1}",
-                         restrict(adopt(connect(src, spec, f"alternative-{i + 1}", loader)), spec.teacher_access)),
+                         restrict(adopt(connect(src, spec, f"alternative-{i + 1}", loader, seat="alternative")),
+                                  spec.teacher_access)),
              describe_source(src))
             for i, src in enumerate(spec.alternative_teachers)
         )

@@ -22,7 +22,10 @@ class TranscriptSource:
         return f"transcript {self.path}"
 
 
-ModelSource = str | RemoteModel | TranscriptSource  # str: a local checkpoint directory, hub id or .gguf file
+# A model on this machine (or on a hub): a checkpoint directory, a hub id or a .gguf file, as the user wrote it.
+LocalSource = str
+# Where a model comes from: on this machine, behind an API, or known only from a transcript of its answers.
+ModelSource = LocalSource | RemoteModel | TranscriptSource
 
 
 def describe_source(source: ModelSource) -> str:

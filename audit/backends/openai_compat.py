@@ -116,10 +116,13 @@ class OpenAIAdapter(ModelAdapter):
     @classmethod
     def connect(cls, config: RemoteModel, name: str, settings: HTTPSettings = HTTPSettings(),
                 transcript_path: Path | None = None, flag: str = "--url") -> "OpenAIAdapter":
+        """Connect and discover what the endpoint can do. ``flag`` is the option the URL came from (e.g.
+        ``--teacher-url``); errors name it and its ``-model`` and ``-tokenizer`` siblings."""
+        prefix = flag[: -len("-url")] if flag.endswith("-url") else "-"
         if config.api not in APIS:
             raise UsageError(f"unknown API {config.api!r}; known: {', '.join(APIS)}")
         if not config.model:
-            raise UsageError(f"{flag} needs the served model's name as well (--{name.split('-')[0]}-model NAME)")
+            raise UsageError(f"{flag} needs the served model's name as well ({prefix}-model NAME)")
         endpoint = parse_endpoint(config.url, flag)
         key = None
         if config.api_key_env:
@@ -127,7 +130,7 @@ class OpenAIAdapter(ModelAdapter):
             if not key:
                 raise UsageError(f"the environment variable {config.api_key_env} (named for {name}'s API key) "
                                  "is not set or is empty")
-        token_map = TokenMap.load(config.tokenizer, f"--{name.split('-')[0]}-tokenizer") if config.tokenizer else None
+        token_map = TokenMap.load(config.tokenizer, f"{prefix}-tokenizer") if config.tokenizer else None
         request_log = RequestLog(transcript_path, key) if transcript_path is not None else None
         client = JSONClient(endpoint, name, key, settings, request_log, config.api_key_env, flag=flag)
         adapter = cls(name, config, client, token_map)
