@@ -306,12 +306,14 @@ def test_answers_older_than_their_lifetime_are_not_used(tmp_path: Path) -> None:
 
 
 def test_api_cache_lifetime_flags() -> None:
-    from distill_audit.cli import _duration
+    from distill_audit.options import parse_duration
 
-    assert _duration("90") == 90 and _duration("30m") == 1800 and _duration("7d") == 7 * 86400
-    assert _duration("forever") is None
+    assert parse_duration("90") == 90 and parse_duration("30m") == 1800 and parse_duration("7d") == 7 * 86400
+    assert parse_duration("forever") is None
     with pytest.raises(UsageError, match="--api-cache-ttl"):
-        _duration("soon")
+        parse_duration("soon")
+    with pytest.raises(UsageError, match=r"\[api\] api_cache_ttl 'soon'"):  # an audit file's key, named as such
+        parse_duration("soon", "[api] api_cache_ttl")
 
 
 # -- where the output goes ----------------------------------------------------------------------------------
