@@ -44,7 +44,7 @@ def llama_server() -> Iterator[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 900  # a hang guard only: a loaded machine may start it slowly
         while True:
             try:
                 with urllib.request.urlopen(url + "/models", timeout=5) as resp:
