@@ -3,6 +3,7 @@ and TGI's /generate) and serves a tiny local transformers model. Test harness, r
 
     python -m tests.openai_server --model DIR --name NAME [--port 0] [--no-echo] [--no-ids] [--chat-only]
                                   [--tgi] [--key KEY] [--strict-chat] [--max-model-len N]
+                                  [--bad-echo] [--zero-unlimited]
 
 It prints ``PORT <n>`` on its first stdout line once it listens. Faults for the next matching requests are
 queued with ``POST /_control/faults`` and every handled request is listed by ``GET /_control/log``:
@@ -47,6 +48,8 @@ class ModelServer:
     def __init__(self, adapter: HFAdapter, name: str, echo: bool, ids: bool, chat_only: bool, tgi: bool,
                  key: str | None, strict_chat: bool = False, max_model_len: int | None = None):
         self.strict_chat = strict_chat
+        self.echo_shift = 0.0  # nats taken off every echoed prompt log-prob (--bad-echo: an echo not from the model)
+        self.zero_unlimited = False  # --zero-unlimited: max_tokens=0 generates on, as llama-cpp-python's server does
         self.max_model_len = max_model_len or adapter.context_length
         self.adapter = adapter
         self.tok = adapter.tokenizer
@@ -91,6 +94,8 @@ class ModelServer:
         k = body.get("logprobs")
         as_ids = self.ids and bool(body.get("return_tokens_as_token_ids"))
         max_tokens = int(body.get("max_tokens", 16))
+        if max_tokens == 0 and self.zero_unlimited:
+            max_tokens = 16  # like llama-cpp-python: 0 means no limit
         tokens: list[str] = []
         token_lps: list[float | None] = []
         tops: list[dict[str, float] | None] = []
@@ -104,13 +109,13 @@ class ModelServer:
             ids = s.token_ids.tolist()
             for i, t in enumerate(ids):
                 tokens.append(self.token_str(ids[:i], t, as_ids))
-                token_lps.append(None if i == 0 else float(s.target_logprob[i]))
+                token_lps.append(None if i == 0 else float(s.target_logprob[i]) - self.echo_shift)
                 tops.append(None if i == 0 else {self.token_str(ids[:i], int(a), as_ids): float(v)
                                                  for a, v in zip(s.topk_ids[i][: int(k or 1)], s.topk_logprobs[i])})
                 offsets.append(int(s.offsets[i][0]))
             text = prompt
         if max_tokens > 0:
-            gen_text, gen_ids, gen_lps, gen_tops = self.generate(prompt, body, int(k or 1))
+            gen_text, gen_ids, gen_lps, gen_tops = self.generate(prompt, dict(body, max_tokens=max_tokens), int(k or 1))
             prefix = self.adapter._encode([prompt])[0]
             for i, t in enumerate(gen_ids):
                 tokens.append(self.token_str(prefix + gen_ids[:i], t, as_ids))
@@ -408,11 +413,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--key", default=None)
     ap.add_argument("--strict-chat", action="store_true", help="chat refuses max_tokens and logprobs")
     ap.add_argument("--max-model-len", type=int, default=None, help="the context length reported (default: the model's)")
+    ap.add_argument("--bad-echo", action="store_true", help="echoed prompt log-probs 3 nats off (llama-cpp-python)")
+    ap.add_argument("--zero-unlimited", action="store_true", help="max_tokens=0 generates on (llama-cpp-python)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     adapter = HFAdapter.load(args.model)
     server = ModelServer(adapter, args.name, echo=not args.no_echo, ids=not args.no_ids, chat_only=args.chat_only,
                          tgi=args.tgi, key=args.key, strict_chat=args.strict_chat, max_model_len=args.max_model_len)
+    server.echo_shift = 3.0 if args.bad_echo else 0.0
+    server.zero_unlimited = args.zero_unlimited
     httpd = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(server))
     httpd.daemon_threads = True
     print(f"PORT {httpd.server_address[1]}", flush=True)

@@ -26,7 +26,7 @@ from distill_audit.backends.hf import HFAdapter
 from distill_audit.backends.http import HTTPSettings, RemoteError
 from distill_audit.backends.openai_compat import OpenAIAdapter, RemoteModel
 from distill_audit.detectors import REGISTRY, Available
-from distill_audit.errors import UsageError
+from distill_audit.errors import CapabilityError, UsageError
 from tests.conftest import REPO, cli
 
 PROMPTS = ["The cat sat on the", "Once upon a time", "A B C", "Numbers: 1 2 3"]
@@ -145,6 +145,24 @@ def test_token_strings_are_mapped_through_the_local_tokenizer(llama_dir: Path, l
             known = r.token_ids != -1
             assert known.mean() > 0.8  # byte fragments may stay unknown; the rest map exactly
             np.testing.assert_array_equal(r.token_ids[known], loc.token_ids[known])
+
+
+def test_an_echo_that_does_not_score_with_the_model_is_not_trusted(llama_dir: Path, local: HFAdapter) -> None:
+    """Seen on llama-cpp-python's server: echoed prompt log-probs that are not the model's, and max_tokens=0 read
+    as "no limit". Discovery checks the echo against the server's own generation and refuses to score with it."""
+    with serve(llama_dir, "--bad-echo") as s:
+        remote = connect(s, llama_dir)
+        assert Capability.SCORE not in remote.capabilities and Capability.GENERATE_TOPK in remote.capabilities
+        assert "differ from the log-probs it generated" in remote.discovery["score_refused"]
+        with pytest.raises(CapabilityError):
+            remote.score(PROMPTS, 3)
+    with serve(llama_dir, "--zero-unlimited") as s:
+        remote = connect(s, llama_dir)
+        assert Capability.SCORE in remote.capabilities and remote.discovery["score_max_tokens"] == 1
+        assert "score_refused" not in remote.discovery
+        for sc, loc in zip(remote.score(PROMPTS, 5), local.score(PROMPTS, 5)):  # the generated tail is cut off
+            np.testing.assert_array_equal(sc.token_ids, loc.token_ids)
+            np.testing.assert_allclose(sc.target_logprob, loc.target_logprob, atol=1e-4, equal_nan=True)
 
 
 def test_chat_only_server_generates_but_cannot_score(llama_dir: Path, local: HFAdapter) -> None:

@@ -62,9 +62,17 @@ def llama_server() -> Iterator[str]:
 
 def test_llamacpp_server_generates_through_the_backend(llama_server: str) -> None:
     remote = OpenAIAdapter.connect(RemoteModel(llama_server, "smollm"), "teacher", HTTPSettings(concurrency=1))
-    assert Capability.GENERATE in remote.capabilities
+    assert {Capability.GENERATE, Capability.GENERATE_TOPK} <= remote.capabilities
     (g,) = remote.generate(["The capital of France is"], GenerateParams(max_new_tokens=6))
     assert "Paris" in g.text
+    # llama-cpp-python 0.3.36 echoes prompt log-probs that are not the model's (up to 15 nats off its own
+    # generation log-probs): discovery must refuse to score with them, and say why; a fixed server may score
+    if Capability.SCORE in remote.capabilities:
+        assert "score_refused" not in remote.discovery
+        (s,) = remote.score(["The capital of France is Paris."], 3)
+        assert s.n_tokens > 2 and (s.target_logprob[1:] <= 0).all()
+    else:
+        assert "differ from the log-probs it generated" in remote.discovery.get("score_refused", "")
 
 
 def test_an_audit_against_llamacpp_server_runs(llama_server: str, tmp_path: Path, llama_dir: Path,

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 APIS = ("auto", "completions", "chat")
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3"
+# nats by which a server's echoed log-prob of a token may differ from the log-prob it generated that token with:
+# room for numerical noise (batched prefill vs step-by-step decoding, bf16 or quantised kernels), far below the
+# error of an echo that does not score with the model (llama-cpp-python 0.3.36's server: up to 15 nats)
+ECHO_TOLERANCE = 0.5
 _IDS_EXTENSION = {"return_tokens_as_token_ids": True}  # vLLM: token strings become "token_id:N"
 # the fields of a /models entry that name what is served; not vLLM's `created` (the time of the request) nor
 # its permission ids (new on every request)
@@ -106,6 +110,7 @@ class OpenAIAdapter(ModelAdapter):
         self.score_route: str | None = None  # "echo" | "tgi"
         self.ids_from_server = False
         self._score_max_tokens = 0
+        self._score_refused: str | None = None  # why a scoring route that answered was not trusted
         self._limit_key = "max_tokens"  # or max_completion_tokens (chat, newer hosted models)
         self._tokenize_route: str | None = None  # "vllm" | "llama.cpp"
         self._context: int | None = None
@@ -238,7 +243,12 @@ class OpenAIAdapter(ModelAdapter):
         self._caps.add(Capability.GENERATE)
 
     def _discover_scoring(self) -> None:
-        """Scoring a given text: echo with max_tokens=0 (vLLM), max_tokens=1 cut back, or TGI's /generate."""
+        """Scoring a given text: echo with max_tokens=0 (vLLM), max_tokens=1 cut back, or TGI's /generate.
+
+        An echo route is trusted only when it passes two checks, since a wrong number is worse than none:
+        with max_tokens=0 nothing may follow the text (llama-cpp-python reads 0 as "no limit" and generates on),
+        and its echoed log-probs of a greedy continuation must equal the log-probs the server generated that
+        continuation with (llama-cpp-python's server echoes prompt log-probs that are not the model's)."""
         route = self._route("/completions")
         for max_tokens in (0, 1):
             body = {"model": self.config.model, "prompt": _PROBE_TEXT, "max_tokens": max_tokens, "echo": True,
@@ -249,12 +259,20 @@ class OpenAIAdapter(ModelAdapter):
             if answer is None:
                 break
             got = completion_logprobs(choice(answer, route).get("logprobs"), route, echo=True)
-            if got is not None and len(got.tokens) >= 2 and got.offsets:
-                self.score_route, self._score_max_tokens = "echo", max_tokens
-                self._caps.add(Capability.SCORE)
-                if got.top is not None and any(got.top[1:]):
-                    self._caps.add(Capability.SCORE_TOPK)
+            if got is None or len(got.tokens) < 2 or not got.offsets:
                 break
+            if max_tokens == 0 and max(got.offsets) >= len(_PROBE_TEXT):
+                continue  # it generated past the text: try max_tokens=1, whose extra token is cut off
+            problem = self._echo_disagreement(max_tokens)
+            if problem is not None:
+                self._score_refused = problem
+                log.warning("%s: not scoring given text through echo: %s", self.name, problem)
+                break
+            self.score_route, self._score_max_tokens = "echo", max_tokens
+            self._caps.add(Capability.SCORE)
+            if got.top is not None and any(got.top[1:]):
+                self._caps.add(Capability.SCORE_TOPK)
+            break
         if self.score_route is None:
             tgi = self._try("/generate", {"inputs": _PROBE_TEXT, "parameters": {
                 "max_new_tokens": 1, "details": True, "decoder_input_details": True}}, root=True)
@@ -263,6 +281,37 @@ class OpenAIAdapter(ModelAdapter):
                 self.score_route = "tgi"
                 self.ids_from_server = self.ids_from_server or all(i is not None for i in prefill.ids)
                 self._caps.add(Capability.SCORE)
+
+    def _echo_disagreement(self, max_tokens: int) -> str | None:
+        """Why the echo route's log-probs cannot be trusted, or None. The server continues the probe greedily with
+        log-probs; then the probe plus that continuation is echoed: the same model in the same context must give
+        the continuation's tokens the same log-probs, up to numerical noise (:data:`ECHO_TOLERANCE`). When the two
+        answers do not tokenise the continuation alike, or the server gives no log-probs with generation, there is
+        nothing to compare and nothing is concluded."""
+        route = self._route("/completions")
+        generated = self._try("/completions", {"model": self.config.model, "prompt": _PROBE_TEXT, "max_tokens": 2,
+                                               "temperature": 0, "logprobs": 1})
+        if generated is None:
+            return None
+        chosen = choice(generated, route)
+        gen = completion_logprobs(chosen.get("logprobs"), route, echo=False)
+        text = choice_text(chosen, route)
+        if gen is None or not text:
+            return None
+        full = _PROBE_TEXT + text
+        echoed = self._try("/completions", {"model": self.config.model, "prompt": full, "max_tokens": max_tokens,
+                                            "echo": True, "logprobs": 1, "temperature": 0})
+        got = completion_logprobs(choice(echoed, route).get("logprobs"), route, echo=True) if echoed else None
+        if got is None or got.offsets is None:
+            return "it answered an echo request without prompt log-probs"
+        span = [i for i, o in enumerate(got.offsets) if len(_PROBE_TEXT) <= o < len(full)]
+        if [got.tokens[i] for i in span] != gen.tokens:
+            return None  # tokenised differently at the seam: no token-by-token comparison
+        worst = max(abs(float(got.logprobs[i] or 0.0) - float(g or 0.0)) for i, g in zip(span, gen.logprobs))
+        if worst > ECHO_TOLERANCE:
+            return (f"its echoed log-probs of its own greedy continuation differ from the log-probs it generated "
+                    f"that continuation with by up to {worst:.3g} nats (tolerance {ECHO_TOLERANCE:g})")
+        return None
 
     def _check_tokenizer(self) -> None:
         """The local tokenizer must tokenise like the server, or token ids would be compared wrongly."""
@@ -293,6 +342,7 @@ class OpenAIAdapter(ModelAdapter):
             "limit_key": self._limit_key,
             "score_route": self.score_route,
             "score_max_tokens": self._score_max_tokens,
+            **({"score_refused": self._score_refused} if self._score_refused else {}),
             "token_ids": self._ids_source,
             "capabilities": sorted(c.value for c in self._caps),
             "context_length": self._context,
@@ -449,8 +499,9 @@ class OpenAIAdapter(ModelAdapter):
                                   echo=True)
         if got is None or not got.tokens or got.offsets is None or (k and got.top is None):
             raise RemoteError(f"{self.name}: the server answered an echo request without prompt log-probs")
-        # with max_tokens=1 the server appends a generated token, which starts at the end of the text: drop it
-        n = sum(1 for o in got.offsets if o < len(text)) if self._score_max_tokens else len(got.tokens)
+        # a generated token starts at the end of the text: drop it (max_tokens=1 appends one, and a server that
+        # reads max_tokens=0 as "no limit" would append many)
+        n = sum(1 for o in got.offsets if o < len(text))
         n = max(n, 1)
         starts = np.minimum(np.asarray(got.offsets[:n], dtype=np.int64), len(text))
         ends = np.maximum(np.append(starts[1:], len(text)), starts)
