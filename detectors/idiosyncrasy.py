@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from distill_audit.backends.base import Capability
 from distill_audit.detectors import textsim
 from distill_audit.detectors.base import Detector, DetectorContext, Evidence
 from distill_audit.detectors.output_similarity import greedy
 from distill_audit.detectors.panel import (
     PANEL_NULL,
     TEACHER_STEPS_NEEDS,
+    TEXT_NEEDS,
     panel_evidence,
     suspects,
     teacher_steps,
@@ -109,11 +109,7 @@ class TokenIdiosyncrasy(Detector):
 class TextIdiosyncrasy(Detector):
     name = "idiosyncrasy-text"
     summary = "Where the teacher's greedy words depart from the other models', the student's words follow the teacher"
-    requires = {
-        "teacher": frozenset({Capability.GENERATE}),
-        "student": frozenset({Capability.GENERATE}),
-        "reference": frozenset({Capability.GENERATE}),
-    }
+    requires = TEXT_NEEDS
     min_references = 2
     Params = IdiosyncrasyParams
     null = PANEL_NULL.format(what="likely to share the teacher's idiosyncratic word choices")

@@ -22,12 +22,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from distill_audit.backends.base import Capability, GenerateParams
+from distill_audit.backends.base import GenerateParams
 from distill_audit.detectors import textsim
 from distill_audit.detectors.base import Detector, DetectorContext, Evidence
 from distill_audit.detectors.panel import (
     PANEL_NULL,
     TEACHER_STEPS_NEEDS,
+    TEXT_NEEDS,
     panel_evidence,
     suspects,
     teacher_steps,
@@ -194,11 +195,7 @@ def greedy(ctx: DetectorContext, max_new_tokens: int) -> GenerateParams:
 
 
 class _TextLevel(Detector):
-    requires = {
-        "teacher": frozenset({Capability.GENERATE}),
-        "student": frozenset({Capability.GENERATE}),
-        "reference": frozenset({Capability.GENERATE}),
-    }
+    requires = TEXT_NEEDS
     min_references = 2
     Params = TextParams
     statistic: ClassVar[str]

@@ -122,6 +122,10 @@ def round_list(values: np.ndarray) -> list[float | None]:
 
 # What a detector over the teacher's generated steps needs (see :func:`teacher_steps`): the teacher's sampled
 # continuations with its top-k at every step, and every suspect model's top-k on them
+# text-level detectors: every model only needs to answer in text
+TEXT_NEEDS: Mapping[str, frozenset[Capability]] = {role: frozenset({Capability.GENERATE})
+                                                   for role in ("teacher", "student", "reference")}
+
 TEACHER_STEPS_NEEDS: Mapping[str, frozenset[Capability]] = {
     "teacher": frozenset({Capability.GENERATE, Capability.GENERATE_TOPK}),
     "student": frozenset({Capability.SCORE_TOPK}),
