@@ -1,7 +1,9 @@
 """Logged teacher outputs (``--teacher-logs``) and fresh ones for the same prompts (``--teacher-fresh``),
 and the one reader every user JSONL file goes through (logs, transcripts, probe files).
 
-A log is JSONL, one ``{"prompt": ..., "completion": ...}`` object per line (other keys are ignored).
+A log is JSONL, one ``{"prompt": ..., "completion": ...}`` object per line (other keys are ignored), or a chat
+log in the forms ``--teacher-transcript`` reads (``{"messages": [...], "response": ...}``), whose conversation
+is kept: a chat model is then given the whole conversation the answer replied to.
 Logged and fresh outputs are paired by prompt: the k-th logged answer to a prompt with the k-th fresh
 answer to the same prompt. Pairing is the point: the membership test compares the student's loss on
 two answers to the *same* prompt, which are exchangeable unless the student trained on one of them.
@@ -30,11 +32,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoggedOutput:
-    """One teacher answer: the prompt, the completion, and the file line it came from (0: made here)."""
+    """One teacher answer: the prompt, the completion, and the file line it came from (0: made here).
+
+    A chat log's line also keeps its conversation before the answer (``context``: (role, text) turns, ending with
+    the user turn ``prompt``), so a chat model can be given the conversation the answer replied to."""
 
     prompt: str
     completion: str
     line: int = 0
+    context: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": text} for role, text in self.context]
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,8 @@ class LogPairs:
 
 
 def outputs_hash(outputs: Sequence[LoggedOutput]) -> str:
-    data = json.dumps([[o.prompt, o.completion] for o in outputs], ensure_ascii=False)
+    data = json.dumps([[o.prompt, o.completion] + ([[list(t) for t in o.context]] if o.context else [])
+                       for o in outputs], ensure_ascii=False)
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -169,6 +180,13 @@ def _output(obj: Any, line: int) -> LoggedOutput | str:
     """The output one parsed line holds, or what is wrong with it."""
     if not isinstance(obj, dict):
         return "expected a JSON object with \"prompt\" and \"completion\""
+    if "messages" in obj:  # a chat log line: the transcript reader's forms, conversation kept
+        from distill_audit.backends.transcript import parse_entry
+
+        entry = parse_entry(obj, line)
+        if isinstance(entry, str):
+            return entry
+        return LoggedOutput(entry.prompt, entry.completion, line, entry.context or ())
     missing = [k for k in ("prompt", "completion") if not isinstance(obj.get(k), str)]
     if missing:
         return (f"needs string fields \"prompt\" and \"completion\" "
@@ -208,10 +226,10 @@ def load_outputs(path: Path, flag: str) -> tuple[LoggedOutput, ...]:
 def distinct_outputs(outputs: Sequence[LoggedOutput]) -> tuple[tuple[LoggedOutput, ...], int]:
     """The outputs with repeats (same prompt and same completion as an earlier one) dropped, first occurrence
     kept, in order; and how many were dropped."""
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[object, ...]] = set()
     kept = []
     for item in outputs:
-        key = (item.prompt, item.completion)
+        key = (item.prompt, item.completion, item.context)
         if key not in seen:
             seen.add(key)
             kept.append(item)

@@ -171,6 +171,22 @@ OPTIONS: tuple[Option, ...] = (
            field="teacher_access", recorded=True,
            help="Audit the teacher as if only this access existed: gray = top-k log-probs of its generated tokens, "
                 "black = generated text only. Detectors needing more are skipped with the reason."),
+    Option("--prompt-format", "audit", str, default="auto", show_default=True, choices=("auto", "chat", "plain"),
+           field="prompt_format", recorded=True,
+           help="How models are asked: chat = each probe as one user turn through the model's own chat template (an "
+                "API: its chat route), plain = the probe text continued; auto = chat for a model with a chat template "
+                "or behind a chat-only API, plain otherwise."),
+    Option("--teacher-prompt-format", "audit", str, choices=("auto", "chat", "plain"), field="teacher_prompt_format",
+           recorded=True, help="The teacher's (and alternative teachers') format, overriding --prompt-format."),
+    Option("--student-prompt-format", "audit", str, choices=("auto", "chat", "plain"), field="student_prompt_format",
+           recorded=True, help="The student's format, overriding --prompt-format (e.g. plain for a base-model student)."),
+    Option("--reference-prompt-format", "audit", str, choices=("auto", "chat", "plain"),
+           field="reference_prompt_format", recorded=True,
+           help="The references' format, overriding --prompt-format."),
+    Option("--system-prompt", "audit", str, default="default", show_default=True, metavar="TEXT|none|default",
+           field="system_prompt", recorded=True,
+           help="The system turn before each chat probe: default = the template's own (what a user who sends none "
+                "gets), none = an empty system turn (stops templates that add a default one), else its text."),
     Option("--combine", "audit", str, default="bonferroni", show_default=True, choices=("bonferroni", "cauchy"),
            field="combination", recorded=True,
            help="How detector p-values combine: Bonferroni (valid under any dependence) or the Cauchy combination "

@@ -24,6 +24,7 @@ from distill_audit.detectors.identity import identity_observations
 from distill_audit.detectors.membership import LoggedVsFresh
 from distill_audit.engine import Engine, default_token_budget
 from distill_audit.errors import CapabilityError, UsageError
+from distill_audit.formats import SYSTEM_DEFAULT, SYSTEM_NONE, compared_note, resolve_format
 from distill_audit.logs import LoggedOutput, LogPairs, distinct_outputs, load_outputs, pair_outputs
 from distill_audit.options import validate_spec
 from distill_audit.probes import ProbeSet, load_probe_set, prompts_hash
@@ -54,7 +55,8 @@ def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _l
     flag = SEAT_FLAGS[seat or name]
     if isinstance(source, RemoteModel):
         transcript = spec.transcript_dir / f"{name}.jsonl" if spec.transcript_dir is not None else None
-        return OpenAIAdapter.connect(source, name, spec.http, transcript, flag=f"{flag}-url")
+        return OpenAIAdapter.connect(_asked_as(source, spec, seat or name), name, spec.http, transcript,
+                                     flag=f"{flag}-url")
     if isinstance(source, TranscriptSource):
         from distill_audit.backends.remote import TokenMap
         from distill_audit.backends.transcript import TranscriptAdapter
@@ -62,6 +64,23 @@ def connect(source: ModelSource, spec: AuditSpec, name: str, loader: Loader = _l
         token_map = TokenMap.load(source.tokenizer, f"{flag}-tokenizer") if source.tokenizer else None
         return TranscriptAdapter.load(source.path, name=name, token_map=token_map)
     return loader(source, spec.load, name)
+
+
+def _asked_as(source: Any, spec: AuditSpec, seat: str) -> Any:
+    """An API model's configuration with the route its prompt format needs (chat: the chat route, plain: the
+    completions route; auto: whichever discovery finds, completions first) and the system turn to send."""
+    requested, flag = spec.format_for(seat)
+    want = {"chat": "chat", "plain": "completions"}.get(requested)
+    if want is not None and source.api not in ("auto", want):
+        raise UsageError(f"{flag} {requested} needs the {want} route, and --api {source.api} was given")
+    system = {SYSTEM_DEFAULT: None, SYSTEM_NONE: ""}.get(spec.system_prompt, spec.system_prompt)
+    return dataclasses.replace(source, api=want or source.api, system_prompt=system)
+
+
+def with_format(handle: ModelHandle, spec: AuditSpec, seat: str, probe: str) -> ModelHandle:
+    """The handle with the prompt format its seat asks for, resolved against what the model offers."""
+    requested, flag = spec.format_for(seat)
+    return dataclasses.replace(handle, format=resolve_format(handle.adapter, requested, spec.system_prompt, flag, probe))
 
 
 def _transcript_probes(adapter: ModelAdapter, path: str) -> ProbeSet:
@@ -141,8 +160,9 @@ def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: E
         raise CapabilityError("fresh teacher answers cannot be drawn here (the teacher is a transcript, or cannot "
                               "generate), so give them with --teacher-fresh")
     logged = distinct_outputs(logged)[0]  # a repeated line would only get a fresh answer nobody pairs with it
-    full = teacher.adapter.count_tokens([o.prompt + o.completion for o in logged])
-    prompt_only = teacher.adapter.count_tokens([o.prompt for o in logged])
+    asked = [teacher.format.render(o.prompt, o.messages) for o in logged]  # what the teacher reads, per answer
+    full = teacher.adapter.count_tokens([a + o.completion for a, o in zip(asked, logged)])
+    prompt_only = teacher.adapter.count_tokens(asked)
     seen: dict[str, int] = defaultdict(int)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (o, n_full, n_prompt) in enumerate(zip(logged, full, prompt_only)):
@@ -152,8 +172,8 @@ def sample_fresh(teacher: ModelHandle, logged: Sequence[LoggedOutput], engine: E
     for (length, repeat), idx in sorted(groups.items()):
         params = GenerateParams(max_new_tokens=length, do_sample=temperature > 0,
                                 temperature=temperature if temperature > 0 else 1.0, top_k=1, seed=seed + 7919 * repeat)
-        for i, g in zip(idx, engine.generate(teacher.adapter, [logged[i].prompt for i in idx], params)):
-            fresh[i] = LoggedOutput(logged[i].prompt, g.text, 0)
+        for i, g in zip(idx, engine.generate(teacher.adapter, [asked[i] for i in idx], params)):
+            fresh[i] = LoggedOutput(logged[i].prompt, g.text, 0, logged[i].context)
     return tuple(f for f in fresh if f is not None)
 
 
@@ -262,7 +282,7 @@ def negative_controls(detectors: Sequence[Detector], ctx: DetectorContext, alpha
         return [], ["Negative controls could not run: they need at least 2 reference models."]
     for i, ref in enumerate(ctx.references):
         rest = ctx.references[:i] + ctx.references[i + 1 :]
-        seat = ModelHandle("student", ref.name, ref.adapter)
+        seat = dataclasses.replace(ref, role="student")  # asked as the panel asks it (its own format)
         control_ctx = dataclasses.replace(ctx, student=seat, references=rest)
         a = assess(detectors, control_ctx, alternatives, alpha, combination)
         v = a.verdict
@@ -402,6 +422,11 @@ def open_models(plan: AuditPlan, loader: Loader = _load_hf) -> Iterator[OpenMode
              describe_source(src))
             for i, src in enumerate(spec.alternative_teachers)
         )
+        probe = plan.probe_set.prompts[0] if plan.probe_set.prompts else ""
+        teacher = with_format(teacher, spec, "teacher", probe)
+        student = with_format(student, spec, "student", probe)
+        references = tuple(with_format(h, spec, "reference", probe) for h in references)
+        alternatives = tuple((with_format(h, spec, "alternative", probe), src) for h, src in alternatives)
         yield OpenModels(teacher, student, references, alternatives, time.perf_counter() - t_load)
     finally:
         for adapter in opened:
@@ -410,13 +435,7 @@ def open_models(plan: AuditPlan, loader: Loader = _load_hf) -> Iterator[OpenMode
 
 def model_warnings(models: OpenModels) -> list[str]:
     """What the verdict must say about the models themselves, known once they are open."""
-    out = []
-    for h in models.handles:
-        if h.adapter.runtime.get("generate_api") == "chat":
-            out.append(
-                f"{h.name} answered through a chat API (each probe sent as one user turn), while local models "
-                "continue each probe as plain text; text-level similarity between them may be understated."
-            )
+    out = compared_note(models.teacher.format, {h.name: h.format for h in models.handles[1:]})
     teacher = models.teacher.adapter.fingerprint["model"]
     if teacher == models.student.adapter.fingerprint["model"]:
         out.append("The teacher and the student are the same model (identical fingerprints).")
@@ -519,8 +538,7 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
         controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination, models.alternatives)
         detector_seconds["negative_controls"] = round(time.perf_counter() - t0, 3)
         warnings.extend(control_warnings)
-    chat = student.adapter.chat_prompt("hi") is not None
-    if spec.teacher_names or chat:
+    if spec.teacher_names or student.format.kind == "chat":
         observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
     result_verdict = dataclasses.replace(assessment.verdict, warnings=tuple(warnings) + tuple(
         w for w in assessment.verdict.warnings if w not in warnings))
@@ -533,6 +551,7 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
             "capabilities": sorted(c.value for c in h.adapter.capabilities),
             "context_length": h.adapter.context_length,
             "runtime": _runtime(h.adapter),
+            "prompt_format": h.format.to_dict(),
         }
         for h, src in zip(models.handles, spec.sources)
     )

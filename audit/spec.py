@@ -66,6 +66,21 @@ class AuditSpec:
     transcript_dir: Path | None = None  # where API request/response transcripts go; None: not kept
     watermark_key: Path | None = None  # the teacher's private watermark key file (watermark-radioactivity)
     watermark_texts: Path | None = None  # JSONL of watermarked teacher texts, for its reading mode
+    # how each model is asked (distill_audit.formats): auto | chat | plain, for every seat unless its own is set
+    prompt_format: str = "auto"
+    teacher_prompt_format: str | None = None  # the teacher and the alternative teachers
+    student_prompt_format: str | None = None
+    reference_prompt_format: str | None = None
+    system_prompt: str = "default"  # default (the template's own) | none (an empty system turn) | its text
+
+    def format_for(self, seat: str) -> tuple[str, str]:
+        """The prompt format asked for a seat (teacher, alternative, student, reference), and the option it came
+        from (for errors)."""
+        own = {"teacher": "teacher", "alternative": "teacher"}.get(seat, seat)
+        value = getattr(self, f"{own}_prompt_format")
+        if value is not None:
+            return value, f"--{own}-prompt-format"
+        return self.prompt_format, "--prompt-format"
 
     @property
     def sources(self) -> tuple[ModelSource, ...]:

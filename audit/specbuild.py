@@ -105,4 +105,9 @@ def build_spec(values: Mapping[str, Any], cache_dir: Path | None, transcript_dir
         negative_controls=values["negative_controls"],
         watermark_key=values["watermark_key"],
         watermark_texts=values["watermark_texts"],
+        prompt_format=values["prompt_format"],
+        teacher_prompt_format=values["teacher_prompt_format"],
+        student_prompt_format=values["student_prompt_format"],
+        reference_prompt_format=values["reference_prompt_format"],
+        system_prompt=values["system_prompt"],
     )

@@ -15,6 +15,7 @@ import numpy as np
 
 from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText
 from distill_audit.engine import Engine
+from distill_audit.formats import PLAIN, Message, PromptFormat
 from distill_audit.logs import LogPairs
 from distill_audit.watermark import WatermarkInputs
 
@@ -67,6 +68,21 @@ class ModelHandle:
     role: str  # teacher | student | reference
     name: str
     adapter: ModelAdapter
+    format: PromptFormat = PLAIN  # how this model is asked (--prompt-format); see distill_audit.formats
+
+
+@dataclass(frozen=True)
+class ScoredAnswer:
+    """An answer scored in the context a model reads it in: ``scored`` covers ``text`` (the rendered context,
+    then the answer); the answer's characters start at ``start``."""
+
+    scored: ScoredText
+    text: str
+    start: int
+
+    @property
+    def context(self) -> str:
+        return self.text[: self.start]
 
 
 @dataclass(frozen=True)
@@ -83,10 +99,28 @@ class DetectorContext:
     watermark: WatermarkInputs | None = None  # the teacher's watermark key and optional watermarked texts
 
     def score(self, model: ModelHandle, texts: Sequence[str]) -> list[ScoredText]:
+        """Statistics of texts read as they are (not as answers: see :meth:`score_answers`)."""
         return self.engine.score(model.adapter, texts)
 
-    def generate(self, model: ModelHandle, prompts: Sequence[str], params: GenerateParams) -> list[Generation]:
-        return self.engine.generate(model.adapter, prompts, params)
+    def generate(self, model: ModelHandle, prompts: Sequence[str], params: GenerateParams,
+                 contexts: Sequence[Sequence[Message]] | None = None) -> list[Generation]:
+        """Each model's answer to each probe, asked in its own format (a chat model through its template: the
+        answer is the assistant turn). ``contexts``: a logged conversation per probe, kept for chat models."""
+        fmt = model.format
+        rendered = [fmt.render(p, c) for p, c in zip(prompts, contexts or [()] * len(prompts))]
+        return self.engine.generate(model.adapter, rendered, params)
+
+    def score_answers(self, model: ModelHandle, prompts: Sequence[str], answers: Sequence[str],
+                      contexts: Sequence[Sequence[Message]] | None = None) -> list[ScoredAnswer]:
+        """How ``model`` scores each answer given its probe, in the model's own format: a plain model reads the
+        probe then the answer, a chat model its template's rendering of the user turn then the answer."""
+        fmt = model.format
+        if fmt.kind == "chat" and fmt.where != "template":
+            raise DetectorSkipped(f"{model.name} is asked through a chat API or log, which renders the conversation "
+                                  "elsewhere, so an answer cannot be scored in the context it reads it in")
+        heads = [fmt.render(p, c) for p, c in zip(prompts, contexts or [()] * len(prompts))]
+        texts = [h + a for h, a in zip(heads, answers)]
+        return [ScoredAnswer(s, t, len(h)) for s, t, h in zip(self.engine.score(model.adapter, texts), texts, heads)]
 
     def memo(self, what: object, model: ModelHandle, compute: Callable[[], T]) -> T:
         """A per-model value that depends only on the teacher, that model, the prompts and the seed (not on which
@@ -95,8 +129,8 @@ class DetectorContext:
         detector and its parameters)."""
         t, m = self.teacher.adapter, model.adapter
         key = ("per-model", what, t.fingerprint["model"], t.fingerprint.get("numerics"), frozenset(t.capabilities),
-               m.fingerprint["model"], m.fingerprint.get("numerics"), frozenset(m.capabilities),
-               self.prompts, self.seed, self.engine.score_top_k)
+               self.teacher.format.key, m.fingerprint["model"], m.fingerprint.get("numerics"),
+               frozenset(m.capabilities), model.format.key, self.prompts, self.seed, self.engine.score_top_k)
         return self.engine.derived(key, compute)
 
     def rng(self, detector: str) -> np.random.Generator:
@@ -112,17 +146,20 @@ class Available:
     n_references: int
     teacher_logs: bool = False
     watermark: WatermarkInputs | None = None
+    formats: Mapping[str, Sequence[PromptFormat]] | None = None  # how each model is asked, by role
 
     @classmethod
     def of(cls, ctx: DetectorContext) -> Available:
-        models = {"teacher": [ctx.teacher.adapter], "student": [ctx.student.adapter],
-                  "reference": [r.adapter for r in ctx.references]}
-        return cls(models, len(ctx.references), ctx.teacher_logs is not None, ctx.watermark)
+        handles = {"teacher": [ctx.teacher], "student": [ctx.student], "reference": list(ctx.references)}
+        return cls({role: [h.adapter for h in hs] for role, hs in handles.items()}, len(ctx.references),
+                   ctx.teacher_logs is not None, ctx.watermark,
+                   {role: [h.format for h in hs] for role, hs in handles.items()})
 
     @classmethod
     def of_models(cls, models: Mapping[str, Sequence[ModelAdapter]], teacher_logs: bool = False,
-                  watermark: WatermarkInputs | None = None) -> Available:
-        return cls(models, len(models.get("reference", ())), teacher_logs, watermark)
+                  watermark: WatermarkInputs | None = None,
+                  formats: Mapping[str, Sequence[PromptFormat]] | None = None) -> Available:
+        return cls(models, len(models.get("reference", ())), teacher_logs, watermark, formats)
 
 
 @dataclass(frozen=True)
@@ -188,6 +225,10 @@ class Detector(abc.ABC):
             hashes = {a.fingerprint.get("tokenizer") for role in models.values() for a in role}
             if len(hashes) > 1:
                 return "it compares token ids, and the models do not all share one tokenizer"
+            formats = {f.key: f for role in (available.formats or {}).values() for f in role}
+            if len(formats) > 1:
+                return ("it compares token ids at the same positions, and the models were not all asked in one "
+                        f"prompt format ({', '.join(sorted({f.describe() for f in formats.values()}))})")
         return self.unmet_by_models(models, available)
 
     def unmet_by_models(self, models: Mapping[str, Sequence[ModelAdapter]], available: Available) -> str | None:

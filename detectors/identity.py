@@ -30,10 +30,10 @@ def identity_observations(model: ModelHandle, names: Sequence[str], engine: Any,
     adapter = model.adapter
     if Capability.GENERATE not in adapter.capabilities:
         return {"ran": False, "reason": f"the {model.role} backend cannot generate"}
-    prompts = []
-    for q in IDENTITY_QUESTIONS:
-        chat = adapter.chat_prompt(q)
-        prompts.append(chat if chat is not None else f"Question: {q}\nAnswer:")
+    # asked the way the audit asks this model (its prompt format): a chat model a user turn through its template
+    # or chat route, a plain model a question-and-answer text it can continue
+    chat = model.format.kind == "chat"
+    prompts = [model.format.render(q) if chat else f"Question: {q}\nAnswer:" for q in IDENTITY_QUESTIONS]
     params = GenerateParams(max_new_tokens=max_new_tokens, do_sample=False, top_k=1, seed=seed)
     answers = engine.generate(adapter, prompts, params)
     patterns = [(n, re.compile(r"(?<!\w)" + re.escape(n) + r"(?!\w)", re.IGNORECASE)) for n in names if n.strip()]
@@ -44,7 +44,8 @@ def identity_observations(model: ModelHandle, names: Sequence[str], engine: Any,
     return {
         "ran": True,
         "model": model.name,
-        "chat_template": prompts[0] != f"Question: {IDENTITY_QUESTIONS[0]}\nAnswer:",
+        "chat_template": chat,
+        "prompt_format": model.format.kind,
         "teacher_names": list(names),
         "answers": rows,
         "answers_naming_teacher": sum(bool(r["names_teacher"]) for r in rows),

@@ -31,7 +31,7 @@ import numpy as np
 from distill_audit import stats
 from distill_audit.backends.base import Capability, ScoredText
 from distill_audit.detectors import textsim
-from distill_audit.detectors.base import Detector, DetectorContext, Evidence
+from distill_audit.detectors.base import Detector, DetectorContext, Evidence, ScoredAnswer
 from distill_audit.detectors.panel import (
     PANEL_NULL,
     PANEL_TEST,
@@ -70,16 +70,14 @@ class TeacherTextLikelihood(Detector):
         models = suspects(ctx)
         writers = {"teacher": ctx.teacher, **{m.name: m for m in models}}
         writing = {name: [g.text for g in ctx.generate(m, ctx.prompts, params)] for name, m in writers.items()}
-        texts = {name: [prompt + c for prompt, c in zip(ctx.prompts, conts)] for name, conts in writing.items()}
         bpb: dict[tuple[str, str], np.ndarray] = {}  # (reader, writer) -> per prompt
         for reader in models:
             for writer in writers:
                 if writer == reader.name:
                     continue
-                scored = ctx.score(reader, texts[writer])
-                bpb[reader.name, writer] = np.array(
-                    [textsim.bits_per_byte(s, len(prompt), t) for s, prompt, t in zip(scored, ctx.prompts, texts[writer])]
-                )
+                # each reader reads the writer's answer as an answer to the probe, asked in the reader's own format
+                read = ctx.score_answers(reader, ctx.prompts, writing[writer])
+                bpb[reader.name, writer] = np.array([textsim.bits_per_byte(a.scored, a.start, a.text) for a in read])
         values = reading_advantage(bpb, [m.name for m in models])
 
         def examples(student: np.ndarray, ref: np.ndarray, ref_name: str) -> list[dict[str, Any]]:
@@ -263,23 +261,26 @@ class LoggedVsFresh(Detector):
         """One model's membership scores on every logged and every fresh answer, per score name (computed once per
         audit: the negative controls ask for the same model's scores again)."""
         fp, hashes = model.adapter.fingerprint, pairs.to_dict()
-        key = ("membership-scores", fp["model"], fp.get("numerics"), ctx.engine.score_top_k,
+        key = ("membership-scores", fp["model"], fp.get("numerics"), model.format.key, ctx.engine.score_top_k,
                hashes["logged_hash"], hashes["fresh_hash"], min_k_fraction)
         return ctx.engine.derived(key, lambda: LoggedVsFresh._compute_scores(ctx, model, pairs, min_k_fraction))
 
     @staticmethod
     def _compute_scores(ctx: DetectorContext, model: Any, pairs: Any, min_k_fraction: float
                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        logged_scored = ctx.score(model, [o.prompt + o.completion for o in pairs.logged])
-        fresh_scored = ctx.score(model, [o.prompt + o.completion for o in pairs.fresh])
+        # each answer read in the conversation it replied to (a chat log's, kept), in the model's own format
+        logged_scored = ctx.score_answers(model, [o.prompt for o in pairs.logged], [o.completion for o in pairs.logged],
+                                          [o.messages for o in pairs.logged])
+        fresh_scored = ctx.score_answers(model, [o.prompt for o in pairs.fresh], [o.completion for o in pairs.fresh],
+                                         [o.messages for o in pairs.fresh])
         lengths = [
-            min(_completion_positions(a, len(o.prompt)).size, _completion_positions(b, len(o.prompt)).size)
-            for a, b, o in zip(logged_scored, fresh_scored, pairs.logged)
+            min(_completion_positions(a.scored, a.start).size, _completion_positions(b.scored, b.start).size)
+            for a, b in zip(logged_scored, fresh_scored)
         ]
 
-        def table(scored: list[ScoredText], outputs: Any) -> dict[str, np.ndarray]:
-            rows = [membership_scores(s, o.prompt, o.completion, min_k_fraction, n)
-                    for s, o, n in zip(scored, outputs, lengths)]
+        def table(scored: list[ScoredAnswer], outputs: Any) -> dict[str, np.ndarray]:
+            rows = [membership_scores(a.scored, a.context, o.completion, min_k_fraction, n)
+                    for a, o, n in zip(scored, outputs, lengths)]
             return {name: np.array([r[name] for r in rows]) for name in SCORES}
 
         return table(logged_scored, pairs.logged), table(fresh_scored, pairs.fresh)

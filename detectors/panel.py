@@ -161,14 +161,17 @@ def teacher_steps(ctx: DetectorContext, max_new_tokens: int, temperature: float)
     token-level detector with the same settings."""
     params = teacher_sampling(ctx, max_new_tokens, temperature)
     continuations = ctx.generate(ctx.teacher, ctx.prompts, params)
-    texts = [prompt + c.text for prompt, c in zip(ctx.prompts, continuations)]
-    scored = {m.name: ctx.score(m, texts) for m in suspects(ctx)}
+    answers = [c.text for c in continuations]
+    # every model reads the teacher's answer after the probe in its own format, which the needs check made one
+    # format for all (same tokenizer, same rendered template), so positions line up across models
+    scored = {m.name: [a.scored for a in ctx.score_answers(m, ctx.prompts, answers)] for m in suspects(ctx)}
     steps = [aligned_steps(s, c) for s, c in zip(scored[ctx.student.name], continuations)]
     return TeacherSteps(params, continuations, scored, steps)
 
 
 def aligned_steps(scored: ScoredText, generation: Generation) -> np.ndarray | None:
-    """Positions of ``scored`` (prompt + continuation, re-tokenised) that are the teacher's generated steps.
+    """Positions of ``scored`` (prompt, as the model reads it, + continuation, re-tokenised) that are the teacher's
+    generated steps.
 
     When re-tokenising the joined text does not give back the prompt's tokens followed by exactly the
     generated tokens (a merge across the boundary), the prompt is left out: None. Whether it is left out

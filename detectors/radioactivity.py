@@ -158,17 +158,19 @@ class WatermarkRadioactivity(Detector):
     def _reading(self, ctx: DetectorContext, wm: WatermarkInputs) -> tuple[ScoredTokens, list[dict[str, Any]]]:
         assert wm.texts is not None
         w = wm.key.context_width
-        texts = [t.prompt + t.completion for t in wm.texts]
-        scored = ctx.score(ctx.student, texts)
+        # the student reads each watermarked answer after its prompt, in the student's own format
+        read = ctx.score_answers(ctx.student, [t.prompt for t in wm.texts], [t.completion for t in wm.texts],
+                                 [t.messages for t in wm.texts])
         kept: list[Pair] = []
         spans: list[tuple[int, int]] = []  # each text's slice of ``kept``
         in_text = 0
-        for item, s in zip(wm.texts, scored):
+        for answer in read:
+            s = answer.scored
             own = set(pairs_of(s.token_ids.tolist(), w))
             start = len(kept)
             ids = s.token_ids
             for i in range(w, s.n_tokens):
-                if s.offsets[i, 1] <= len(item.prompt) or s.topk_ids.shape[1] == 0:
+                if s.offsets[i, 1] <= answer.start or s.topk_ids.shape[1] == 0:
                     continue
                 predicted = int(s.topk_ids[i, 0])
                 if not 0 <= predicted < wm.key.vocab_size:  # an unmapped API token, or a padding row of the head

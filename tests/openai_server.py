@@ -135,7 +135,10 @@ class ModelServer:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages must be a non-empty list")
-        prompt = str(messages[-1].get("content", ""))
+        # like vLLM: the served model's own chat template renders the conversation (system turn included); a model
+        # without one reads the last message's text
+        rendered = self.adapter.chat_prompt(messages) if all(isinstance(m, dict) for m in messages) else None
+        prompt = rendered if rendered is not None else str(messages[-1].get("content", ""))
         if self.strict_chat:  # like newer hosted reasoning models
             if "max_tokens" in body:
                 raise BadRequest("max_tokens is not supported with this model; use max_completion_tokens")

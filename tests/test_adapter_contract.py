@@ -76,7 +76,9 @@ def test_identity_and_declared_members(adapters: dict[str, ModelAdapter], kind: 
     logged = a.logged_prompts
     assert (logged == tuple(PROMPTS)) if kind == "transcript" else logged is None
     assert a.repeated_prompts == 0
-    assert a.chat_prompt("hi") is None or isinstance(a.chat_prompt("hi"), str)
+    turn = [{"role": "user", "content": "hi"}]
+    assert a.chat_prompt(turn) is None or isinstance(a.chat_prompt(turn), str)
+    assert a.fixed_format in (None, "chat", "plain")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -35,6 +35,10 @@ def test_the_option_table_agrees_with_the_owners_of_its_choices_and_defaults() -
     assert set(by["combine"].choices) == set(COMBINATIONS)
     assert set(by["teacher_access"].choices) == set(ACCESS_MODES)
     assert set(by["membership_score"].choices) == set(SCORES)
+    from distill_audit.formats import FORMATS
+
+    for name in ("prompt_format", "teacher_prompt_format", "student_prompt_format", "reference_prompt_format"):
+        assert set(by[name].choices) == set(FORMATS)
     assert len(by) == len(options.OPTIONS)  # one name per option
     owners = {"": AuditSpec, "load": LoadOptions, "http": HTTPSettings}
     for option in options.OPTIONS:
@@ -286,3 +290,16 @@ def test_the_readme_example_is_a_valid_audit_file(tmp_path: Path) -> None:
     loaded = read_audit_file(tmp_path / "audit.toml")
     assert loaded.detector_params == {"next-token-agreement": {"margin": 0.1}}
     assert loaded.values["teacher_logs"] == tmp_path / "logs" / "logged.jsonl"
+
+
+def test_every_option_with_a_spec_field_reaches_the_spec(tmp_path: Path) -> None:
+    # a new row of the option table must arrive in the AuditSpec, not only in the parsed values
+    from distill_audit.specbuild import build_spec
+
+    values = dict(options.defaults(), teacher="t", student="s", references=("r1", "r2"))
+    for option in options.OPTIONS:
+        if option.field is None or not option.choices or option.multiple:
+            continue
+        other = next(c for c in option.choices if c != option.default)
+        spec = build_spec(dict(values, **{option.name: other}), tmp_path)
+        assert options._field(spec, option.field) == other, option.flag

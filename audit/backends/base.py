@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -159,8 +159,15 @@ class ModelAdapter(abc.ABC):
         return 0
 
     # -- formats and tokenizers ------------------------------------------------------------------------
-    def chat_prompt(self, user_message: str) -> str | None:
-        """The model's own chat template applied to one user turn, ready for generation; None without one."""
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        """The model's own chat template applied to a conversation that ends with a user turn, ready for the
+        assistant's answer (the text the model reads); None without a template that renders it."""
+        return None
+
+    @property
+    def fixed_format(self) -> str | None:
+        """"chat" or "plain" when this model can be asked only one way (an API's route, a log's form); None for a
+        model that reads whatever text it is given (its format is then chosen by ``--prompt-format``)."""
         return None
 
     def local_tokenizer(self) -> Any | None:
@@ -237,8 +244,12 @@ class AdapterWrapper(ModelAdapter):
     def n_layers(self) -> int:
         return self.inner.n_layers
 
-    def chat_prompt(self, user_message: str) -> str | None:
-        return self.inner.chat_prompt(user_message)
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        return self.inner.chat_prompt(messages)
+
+    @property
+    def fixed_format(self) -> str | None:
+        return self.inner.fixed_format
 
     def local_tokenizer(self) -> Any | None:
         return self.inner.local_tokenizer()

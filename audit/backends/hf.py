@@ -409,17 +409,17 @@ class HFAdapter(ModelAdapter):
     def local_tokenizer(self) -> Any:
         return self.tokenizer
 
-    def chat_prompt(self, user_message: str) -> str | None:
-        """The model's own chat template applied to one user turn, ready for generation; None without one."""
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        """The model's own chat template applied to a conversation ending with a user turn, ready for the answer;
+        None without a template, or when the template cannot render it (e.g. a system turn it does not allow)."""
         if not getattr(self.tokenizer, "chat_template", None):
             return None
         try:
             text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
             )
-        except Exception as exc:  # a template that cannot render one user turn: fall back to plain text
-            log.info("%s: chat template cannot render a single user turn (%s); using plain prompts",
-                     self.name, _first_line(exc))
+        except Exception as exc:  # a template that cannot render this conversation: the caller decides
+            log.info("%s: chat template cannot render the conversation (%s)", self.name, _first_line(exc))
             return None
         bos = self.tokenizer.bos_token
         # The template usually writes the BOS token itself; encoding adds it again otherwise.

@@ -26,6 +26,7 @@ vocabulary, so scores from it leave those NaN/empty (the Min-K%++ membership sco
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -83,9 +84,14 @@ class RemoteModel:
     api_key_env: str | None = None
     tokenizer: str | None = None  # local copy of the served model's tokenizer
     api: str = "auto"  # auto | completions | chat
+    system_prompt: str | None = None  # a system turn sent before each probe on the chat route (None: none sent)
 
     def describe(self) -> str:
         return f"openai-compatible {self.url} model {self.model}"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _same_tokens(server: Sequence[int], local: Sequence[int]) -> bool:
@@ -141,6 +147,16 @@ class OpenAIAdapter(ModelAdapter):
         adapter = cls(name, config, client, token_map)
         adapter._discover()
         return adapter
+
+    def _messages(self, prompt: str) -> list[dict[str, str]]:
+        """A probe as the chat route sends it: one user turn, after the system turn ``--system-prompt`` asks for."""
+        head = [] if self.config.system_prompt is None else [{"role": "system", "content": self.config.system_prompt}]
+        return [*head, {"role": "user", "content": prompt}]
+
+    @property
+    def fixed_format(self) -> str | None:
+        """A chat route renders the conversation on the server; a completions route continues plain text."""
+        return {"chat": "chat", "completions": "plain"}.get(self.generate_api or "")
 
     def _route(self, path: str) -> Route:
         return Route(self.name, path)
@@ -339,6 +355,8 @@ class OpenAIAdapter(ModelAdapter):
         return {
             "models_entry": self._listed,
             "generate_api": self.generate_api,
+            **({"system_prompt_sha256": _sha256(self.config.system_prompt)}
+               if self.config.system_prompt is not None and self.generate_api == "chat" else {}),
             "limit_key": self._limit_key,
             "score_route": self.score_route,
             "score_max_tokens": self._score_max_tokens,
@@ -462,7 +480,7 @@ class OpenAIAdapter(ModelAdapter):
             chosen = choice(self.client.post("/completions", body), route)
             got = completion_logprobs(chosen.get("logprobs"), route, echo=False) if want_topk else None
         else:
-            body["messages"] = [{"role": "user", "content": prompt}]
+            body["messages"] = self._messages(prompt)
             if want_topk:
                 body.update(logprobs=True, top_logprobs=k)
             route = self._route("/chat/completions")

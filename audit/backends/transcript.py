@@ -77,6 +77,9 @@ class TranscriptEntry:
     token_logprobs: tuple[float, ...] | None = None
     top: tuple[tuple[tuple[str, float], ...], ...] | None = None
     token_bytes: tuple[bytes, ...] | None = None
+    # a chat line's conversation before the answer, (role, text) per turn, ending with the user turn the answer
+    # replies to; None for a prompt/completion line
+    context: tuple[tuple[str, str], ...] | None = None
 
     @property
     def has_logprobs(self) -> bool:
@@ -196,24 +199,47 @@ def _last_user(messages: list[Any]) -> str:
     raise _Bad("no user message before the answer")
 
 
+def _conversation(messages: list[Any]) -> tuple[tuple[str, str], ...]:
+    """The turns up to and including the last user turn, as (role, text): what the answer replied to."""
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    out = []
+    for i, m in enumerate(messages[: last + 1]):
+        role = m.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise _Bad(f"messages[{i}].role is {_short(role)}; expected system, user or assistant")
+        out.append(("system" if role == "developer" else str(role), _text(m.get("content"), f"messages[{i}].content")))
+    return tuple(out)
+
+
+def parse_entry(obj: Any, line: int) -> TranscriptEntry | str:
+    """One parsed JSON line of a log, in any of the accepted forms, or what is wrong with it (one line)."""
+    try:
+        return _parse_line(obj, line)
+    except _Bad as exc:
+        return str(exc)
+
+
 def _parse_line(obj: Any, line: int) -> TranscriptEntry:
     if not isinstance(obj, dict):
         raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
     top_model = _model(obj.get("model"), "line")
     resp_model: str | None = None
     lp: _Logprobs | None = None
+    context: tuple[tuple[str, str], ...] | None = None
     if "messages" in obj:
         messages = obj["messages"]
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise _Bad('"messages" is not a list of message objects')
         if "response" in obj:
             completion, lp, resp_model = _response(obj["response"])
-            prompt = _last_user(messages)
+            before = messages
         else:
             if not messages or messages[-1].get("role") != "assistant":
                 raise _Bad('no "response", and "messages" does not end with an assistant message')
             completion = _text(messages[-1].get("content"), f"messages[{len(messages) - 1}].content")
-            prompt = _last_user(messages[:-1])
+            before = messages[:-1]
+        prompt = _last_user(before)
+        context = _conversation(before)
     elif "prompt" in obj:
         if not isinstance(obj["prompt"], str):
             raise _Bad(f'"prompt" is not a string ({_short(obj["prompt"])})')
@@ -235,7 +261,8 @@ def _parse_line(obj: Any, line: int) -> TranscriptEntry:
     if lp is not None and not lp[0] and completion:
         lp = None  # an empty log-prob list for a non-empty answer says nothing about its tokens
     tokens, values, top, raw_bytes = lp if lp is not None else (None, None, None, None)
-    entry = TranscriptEntry(prompt, completion, line, top_model or resp_model, tokens, values, top, raw_bytes)
+    entry = TranscriptEntry(prompt, completion, line, top_model or resp_model, tokens, values, top, raw_bytes,
+                            context)
     _check_text(entry)
     return entry
 
@@ -366,6 +393,12 @@ class TranscriptAdapter(ModelAdapter):
     @property
     def live(self) -> bool:
         return False  # fresh samples cannot be drawn: the runner must not ask for a second answer
+
+    @property
+    def fixed_format(self) -> str:
+        """The answers were given to chat conversations (any chat line) or continued prompts: that is how the
+        model was asked, whatever the audit would like."""
+        return "chat" if any(e.context is not None for e in self.entries) else "plain"
 
     @property
     def logged_prompts(self) -> tuple[str, ...]:
