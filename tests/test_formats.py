@@ -62,6 +62,11 @@ def base2_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> 
 
 
 @pytest.fixture(scope="module")
+def chat2_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    return tiny(tokenizer_dir, tmp_path_factory.mktemp("chat2"), "gpt2", 3, TEMPLATE)
+
+
+@pytest.fixture(scope="module")
 def probes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("probes") / "probes.txt"
     path.write_text("\n".join(PROBES + ["the dog ran to the", "we saw a big", "one two three", "red green"]) + "\n")
@@ -170,6 +175,14 @@ def test_an_audit_records_each_models_format_and_says_what_was_compared(
     skipped = {s["detector"]: s["reason"] for s in result["skipped"]}
     assert "prompt format" in skipped["top-k-overlap"]
     assert [e["detector"] for e in result["evidence"] if e["detector"] == "text-word-agreement"]
+    # the report shows what each model was asked, escaped (model-side text: a template is the checkpoint's)
+    from distill_audit.reports import render_html
+    from distill_audit.result import schema_problem
+
+    assert schema_problem(result) is None
+    html = render_html(result)
+    assert "What each model was asked" in html
+    assert "&lt;|system|&gt;Be brief." in html and "<|system|>" not in html
     # the same audit with every model asked in plain text: no note, and the token-level detector runs
     plain = run_audit(AuditSpec(**{**spec.__dict__, "prompt_format": "plain"}), progress=False)
     assert {m["prompt_format"]["format"] for m in plain["models"]} == {"plain"}
@@ -214,6 +227,24 @@ def test_a_chat_api_is_asked_through_its_chat_route_with_the_system_turn(chat_di
             assert plain.fingerprint["model"] != remote.fingerprint["model"]  # other route: other cache entries
         finally:
             plain.close()
+
+
+def test_a_chat_api_teacher_against_chat_suspects_compares_answers_without_a_note(
+        chat_dir: Path, chat2_dir: Path, probes: Path) -> None:
+    from tests.test_backend_http import FAST, serve
+
+    with serve(chat_dir) as s:
+        spec = AuditSpec(teacher=RemoteModel(s.url, "tiny", tokenizer=str(chat_dir)), student=str(chat_dir),
+                         references=(str(chat2_dir), str(chat2_dir)), probes=str(probes), http=FAST,
+                         teacher_prompt_format="chat", detectors=("text-word-agreement",), negative_controls=False)
+        result = run_audit(spec, progress=False)
+    formats = {m["name"]: m["prompt_format"] for m in result["models"]}
+    assert formats["teacher"]["rendered"] == "server" and formats["teacher"]["example"] == PROBES[0]
+    assert {formats[n]["rendered"] for n in ("student", "reference-1", "reference-2")} == {"template"}
+    assert not [w for w in result["verdict"]["warnings"] if "was asked" in w or "chat API" in w]
+    (teacher,) = [m for m in result["models"] if m["role"] == "teacher"]
+    assert teacher["runtime"]["generate_api"] == "chat"
+    assert "text-word-agreement" in {e["detector"] for e in result["evidence"]}
 
 
 def test_plain_format_with_the_chat_route_forced_is_one_line(tmp_path: Path, llama_dir: Path) -> None:
