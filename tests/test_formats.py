@@ -100,6 +100,26 @@ def test_auto_asks_a_model_with_a_template_in_chat_and_one_without_in_plain(chat
         resolve_format(base, "chat", "default", "--student-prompt-format", PROBES[0])
 
 
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_the_model_reads_exactly_its_templates_tokens_whether_or_not_encoding_adds_bos(
+        tmp_path: Path, tokenizer_dir: Path, adds_bos: bool) -> None:
+    # a template that writes the BOS token itself, as Llama's and SmolLM2's do; SmolLM2's encoding does not add
+    # one (its BOS is <|im_start|>), the synthetic tokenizer's does: either way the model must read it once
+    path = tiny(tokenizer_dir, tmp_path / "m", "llama", 0, "{{ bos_token }}" + TEMPLATE)
+    if not adds_bos:
+        spec = json.loads((path / "tokenizer.json").read_text())
+        spec["post_processor"] = None
+        (path / "tokenizer.json").write_text(json.dumps(spec))
+    adapter = HFAdapter.load(str(path))
+    tok = adapter.local_tokenizer()
+    assert (tok("x", add_special_tokens=True)["input_ids"][0] == tok.bos_token_id) == adds_bos
+    turn = [{"role": "user", "content": "The cat sat on the"}]
+    rendered = resolve_format(adapter, "chat", "default", "-", "x").render("The cat sat on the")
+    expected = tok.apply_chat_template(turn, tokenize=True, add_generation_prompt=True)
+    expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
+    assert tok(rendered, add_special_tokens=True)["input_ids"] == list(expected)
+
+
 def test_system_prompt_default_none_and_text_are_rendered_and_hashed_apart(chat: HFAdapter) -> None:
     got = {s: resolve_format(chat, "chat", s, "--prompt-format", "hi") for s in ("default", "none", "Be brief.")}
     assert got["default"].example.startswith("<|system|>You are Tiny.\n<|user|>hi")

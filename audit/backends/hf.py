@@ -422,10 +422,17 @@ class HFAdapter(ModelAdapter):
             log.info("%s: chat template cannot render the conversation (%s)", self.name, _first_line(exc))
             return None
         bos = self.tokenizer.bos_token
-        # The template usually writes the BOS token itself; encoding adds it again otherwise.
-        if bos and isinstance(text, str) and text.startswith(bos):
+        # The template usually writes the BOS token itself; when encoding adds it too, it is cut here so the model
+        # reads it once. Only then: SmolLM2's BOS is <|im_start|>, which its encoding does not add, and cutting it
+        # would hand the model a conversation without its first turn marker.
+        if bos and isinstance(text, str) and text.startswith(bos) and self._encoding_adds_bos():
             text = text[len(bos):]
         return str(text)
+
+    def _encoding_adds_bos(self) -> bool:
+        bos_id = self.tokenizer.bos_token_id
+        ids = self.tokenizer("x", add_special_tokens=True)["input_ids"]
+        return bos_id is not None and bool(ids) and ids[0] == bos_id
 
     @property
     def n_layers(self) -> int:
