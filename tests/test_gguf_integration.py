@@ -49,3 +49,17 @@ def test_gguf_model_knows_a_fact_and_batches_exactly(smollm: HFAdapter) -> None:
     for text, b in zip(texts, batched):
         (single,) = smollm.score([text], 5)
         np.testing.assert_allclose(b.target_logprob, single.target_logprob, atol=1e-4, equal_nan=True)
+
+
+def test_a_real_chat_model_is_asked_through_its_own_template(smollm: HFAdapter) -> None:
+    from distill_audit.formats import resolve_format
+
+    fmt = resolve_format(smollm, "auto", "default", "--prompt-format", "What is the capital of France?")
+    assert fmt.kind == "chat" and fmt.where == "template"
+    # the template's own default system turn, and its first turn marker kept (SmolLM2's BOS, not added by encoding)
+    assert fmt.example.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert fmt.example.endswith("<|im_start|>assistant\n")
+    (answer,) = smollm.generate([fmt.example], GenerateParams(max_new_tokens=12))
+    assert "Paris" in answer.text
+    none = resolve_format(smollm, "chat", "none", "--prompt-format", "Hi")
+    assert none.example.startswith("<|im_start|>system\n<|im_end|>") and "SmolLM" not in none.example
