@@ -519,6 +519,14 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
             fresh = sample_fresh(teacher, plan.logged, engine, spec.seed, spec.fresh_temperature)
             pairs = pair_outputs(plan.logged, fresh, f"sampled from the teacher here (temperature "
                                  f"{spec.fresh_temperature:g}, seed {spec.seed}, logged lengths)")
+        if plan.fresh_file is None and teacher.format.where == "server":
+            longer = sum(len(o.context) > 1 for o in distinct_outputs(plan.logged)[0])
+            if longer:
+                warnings.append(
+                    f"{longer} logged conversation(s) hold earlier turns or a system turn of their own; the teacher's "
+                    "chat API was sent only their last user turn (after --system-prompt) for the fresh answers, so "
+                    "those pairs compare answers to different conversations. Give --teacher-fresh answers drawn "
+                    "with the whole conversations.")
         warnings.extend(duplicate_warnings(plan.probe_set, pairs))
         if pairs.unpaired_logged:
             warnings.append(f"{pairs.unpaired_logged} logged output(s) have no fresh output for the same prompt "

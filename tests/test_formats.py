@@ -267,6 +267,25 @@ def test_a_chat_api_teacher_against_chat_suspects_compares_answers_without_a_not
     assert "text-word-agreement" in {e["detector"] for e in result["evidence"]}
 
 
+def test_fresh_answers_from_a_chat_api_to_longer_logged_conversations_are_flagged(
+        tmp_path: Path, chat_dir: Path, chat2_dir: Path, probes: Path) -> None:
+    from tests.test_backend_http import FAST, serve
+
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    rows = [([*earlier, {"role": "user", "content": p}], " the end") for p in PROBES[:2]]
+    rows += [([{"role": "user", "content": p}], " one more") for p in PROBES[2:]]
+    logs = chat_log(tmp_path / "logs.jsonl", rows)
+    with serve(chat_dir) as s:
+        spec = AuditSpec(teacher=RemoteModel(s.url, "tiny", tokenizer=str(chat_dir)), student=str(chat_dir),
+                         references=(str(chat2_dir), str(chat2_dir)), probes=str(probes), http=FAST,
+                         teacher_prompt_format="chat", teacher_logs=logs, detectors=("logged-vs-fresh",),
+                         negative_controls=False)
+        result = run_audit(spec, progress=False)
+    (note,) = [w for w in result["verdict"]["warnings"] if "logged conversation(s)" in w]
+    assert note.startswith("2 logged conversation(s) hold earlier turns")
+    assert result["teacher_logs"]["pairs"] == len(PROBES)
+
+
 def test_plain_format_with_the_chat_route_forced_is_one_line(tmp_path: Path, llama_dir: Path) -> None:
     proc = cli("run", "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m", "--api", "chat",
                "--teacher-prompt-format", "plain", "--student", str(llama_dir), "--reference", str(llama_dir),
