@@ -62,9 +62,9 @@ def two_runs(audit_files: dict[str, Any]) -> dict[str, Any]:
     for _ in range(2):
         adapters: list[HFAdapter] = []
 
-        def loader(source: str, options: LoadOptions, name: str) -> ModelAdapter:
+        def loader(source: str, options: LoadOptions, name: str, kept: list[HFAdapter] = adapters) -> ModelAdapter:
             adapter = HFAdapter.load(source, options, name=name)
-            adapters.append(adapter)
+            kept.append(adapter)
             return adapter
 
         result = run_audit(_spec(audit_files, cache), progress=False, loader=loader)
