@@ -160,6 +160,9 @@ def run(ctx: click.Context, config: Path | None, **kw: Any) -> None:
 
     audit_file = read_audit_file(config) if config is not None else None
     values, label = _merge(ctx, kw, audit_file)
+    if values["plan"]:
+        _print_plans(values, label, audit_file)
+        return
     if values["out"] is None:
         raise UsageError("give --out DIR (or out in [output] of the audit file)")
     out = _out_dir(values["out"])
@@ -208,6 +211,25 @@ def _audit_one(ctx: click.Context, values: dict[str, Any], label: Callable[[str]
         result["audit_file"] = audit_file.record()
     _write_outputs(out, result)
     return result
+
+
+def _print_plans(values: dict[str, Any], label: Callable[[str], str], audit_file: AuditFile | None) -> None:
+    """``run --plan``: each audit's planned work (a sweep: each student's), from its inputs alone. No model loads,
+    no cache opens, nothing is written (not even --out)."""
+    from distill_audit.runner import plan_audit
+    from distill_audit.workplan import render_plan, work_plan
+
+    given_student = any(values[k] for k in ("student", "student_url"))
+    students = audit_file.students if audit_file is not None and audit_file.students and not given_student else ()
+    detector_params = audit_file.detector_params if audit_file is not None else None
+    for student in students or (None,):
+        run_values = dict(values, student=student) if student is not None else values
+        plan = plan_audit(build_spec(run_values, default_cache_dir(), None, detector_params, label))
+        try:
+            click.echo(render_plan(work_plan(plan), f"student {student}" if student is not None else "audit"))
+        finally:
+            if plan.transcript_teacher is not None:
+                plan.transcript_teacher.close()
 
 
 def _student_dirs(students: Sequence[str]) -> list[str]:

@@ -12,14 +12,16 @@ so an audit killed mid-way loses no answer already received and a restart re-sen
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, TypeVar
+import time
+from dataclasses import dataclass, field, fields
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
-from distill_audit.backends.base import GenerateParams, Generation, ModelAdapter, ScoredText
+from distill_audit.backends.base import AdapterWrapper, GenerateParams, Generation, ModelAdapter, ScoredText
 from distill_audit.cache import InferenceCache, pack_arrays, request_key, unpack_arrays
 from distill_audit.errors import AuditError, CapabilityError, InvalidAnswerError, ProbeTooLongError
 
@@ -41,6 +43,89 @@ class EngineStats:
 
     def to_dict(self) -> dict[str, int]:
         return dict(vars(self))
+
+
+UNLABELLED = "other"  # work asked for outside any labelled stage (the runner labels every stage it runs)
+
+
+@dataclass
+class Usage:
+    """Inference for one model on behalf of one detector (or stage): what was asked, what the cache answered,
+    what was computed and what computing it cost. ``forward_passes``: a local model's forward passes; a backend
+    that does not count them (an API, a transcript) counts one per request it answered. ``tokens_scored``: tokens
+    of the texts computed by score and hidden-state requests; ``tokens_generated``: new tokens of the computed
+    generations; ``seconds``: wall time of the computing (cache look-ups excluded)."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    computed: int = 0
+    forward_passes: int = 0
+    tokens_scored: int = 0
+    tokens_generated: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_dict(self) -> dict[str, int | float]:
+        out: dict[str, int | float] = dict(vars(self))
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+@dataclass
+class InferenceAccount:
+    """Inference per (model name, detector or stage): where the work of an audit went."""
+
+    rows: dict[tuple[str, str], Usage] = field(default_factory=dict)
+
+    def charge(self, model: str, detector: str) -> Usage:
+        return self.rows.setdefault((model, detector), Usage())
+
+    def _by(self, index: int) -> dict[str, Usage]:
+        out: dict[str, Usage] = {}
+        for key, usage in self.rows.items():
+            out.setdefault(key[index], Usage()).add(usage)
+        return out
+
+    def by_model(self) -> dict[str, Usage]:
+        return self._by(0)
+
+    def by_detector(self) -> dict[str, Usage]:
+        return self._by(1)
+
+    def total(self) -> Usage:
+        out = Usage()
+        for usage in self.rows.values():
+            out.add(usage)
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "by_model": {name: u.to_dict() for name, u in self.by_model().items()},
+            "by_detector": {name: u.to_dict() for name, u in self.by_detector().items()},
+            "by_model_and_detector": [dict(model=m, detector=d, **u.to_dict()) for (m, d), u in self.rows.items()],
+        }
+
+
+def counted_forward_passes(adapter: ModelAdapter) -> int | None:
+    """The forward passes a local backend has counted so far (through any wrappers), or None where it counts none."""
+    while isinstance(adapter, AdapterWrapper):
+        adapter = adapter.inner
+    count = getattr(adapter, "forward_passes", None)
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def _tokens(value: object) -> tuple[int, int]:
+    """(tokens scored, tokens generated) of one computed answer."""
+    if isinstance(value, ScoredText):
+        return value.n_tokens, 0
+    if isinstance(value, Generation):
+        return 0, int(len(value.token_ids))
+    if isinstance(value, np.ndarray) and value.ndim == 3:  # hidden states: [layers, tokens, d_model]
+        return int(value.shape[1]), 0
+    return 0, 0
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -128,8 +213,33 @@ class Engine:
         # addressed, so their cached answers never go stale
         self.remote_max_age = remote_max_age
         self.stats = EngineStats()
+        self.account = InferenceAccount()
+        self._task: str | None = None  # the detector (or stage) the work is done for
+        self._model_names: dict[int, str] = {}  # id(adapter) -> the audit's name for the model
         self._memo: dict[str, object] = {}
         self._derived: dict[tuple[object, ...], object] = {}
+
+    @contextlib.contextmanager
+    def working_for(self, label: str) -> Iterator[None]:
+        """Charge the work asked for inside this block to ``label`` (a detector's name, or a stage such as
+        "negative-controls"). Blocks nest; the outermost label is charged, so the detectors the negative controls run
+        again count under "negative-controls"."""
+        outer = self._task
+        if outer is None:
+            self._task = label
+        try:
+            yield
+        finally:
+            self._task = outer
+
+    def name_model(self, adapter: ModelAdapter, name: str) -> None:
+        """The name the account gives the work of ``adapter`` (teacher, student, reference-1, ...; default: the
+        adapter's own name)."""
+        self._model_names[id(adapter)] = name
+
+    def _usage(self, adapter: ModelAdapter) -> Usage:
+        model = self._model_names.get(id(adapter), adapter.name)
+        return self.account.charge(model, self._task or UNLABELLED)
 
     def derived(self, key: tuple[object, ...], compute: Callable[[], T]) -> T:
         """A value computed from inference results, kept for the rest of this audit (e.g. per-answer membership
@@ -194,7 +304,9 @@ class Engine:
         fingerprint = adapter.fingerprint
         model_id = fingerprint["model"] + (f"@{fingerprint['numerics']}" if fingerprint.get("numerics") else "")
         keys = [request_key(model_id, kind, params, text) for text in inputs]
+        usage = self._usage(adapter)
         self.stats.requested += len(keys)
+        usage.requests += len(keys)
         todo: dict[str, str] = {}
         for key, text in zip(keys, inputs):
             if key not in self._memo:
@@ -217,8 +329,20 @@ class Engine:
                 self._memo[key] = value
                 del todo[key]
         self.stats.cache_hits += len(keys) - len(todo)
+        usage.cache_hits += len(keys) - len(todo)
         if todo:
-            self._compute(adapter, kind, todo, lengths, compute, to_arrays)
+            passes = counted_forward_passes(adapter)
+            computed = self.stats.computed
+            t0 = time.perf_counter()
+            try:
+                self._compute(adapter, kind, todo, lengths, compute, to_arrays, usage)
+            finally:
+                usage.seconds += time.perf_counter() - t0
+                usage.computed += self.stats.computed - computed
+                after = counted_forward_passes(adapter)
+                # a backend without a counter (an API, a transcript): one request per answer it gave
+                usage.forward_passes += (after - passes if after is not None and passes is not None
+                                         else self.stats.computed - computed)
         return [self._memo[key] for key in keys]  # type: ignore[misc]
 
     def _compute(
@@ -229,13 +353,14 @@ class Engine:
         lengths: Callable[[Sequence[str]], list[int]],
         compute: Callable[..., Sequence[T]],
         to_arrays: Callable[[T], Mapping[str, np.ndarray]],
+        usage: Usage,
     ) -> None:
         todo_keys = list(todo)
         texts = [todo[k] for k in todo_keys]
         limit = adapter.context_length
         if adapter.streams_results:
             # a remote server checks its own context and refuses what does not fit, with its own message
-            self._stream(adapter, kind, todo_keys, texts, compute, to_arrays)
+            self._stream(adapter, kind, todo_keys, texts, compute, to_arrays, usage)
             return
         try:
             sizes = lengths(texts)
@@ -247,7 +372,7 @@ class Engine:
             sizes = [len(t) // 4 + 1 for t in texts]
         if limit is not None:
             self._check_context(adapter, texts, sizes, limit)
-        self._batched(adapter, kind, todo, todo_keys, texts, sizes, compute, to_arrays)
+        self._batched(adapter, kind, todo, todo_keys, texts, sizes, compute, to_arrays, usage)
 
     @staticmethod
     def _check_context(adapter: ModelAdapter, texts: Sequence[str], sizes: Sequence[int], limit: int) -> None:
@@ -261,7 +386,8 @@ class Engine:
                 )
 
     def _stream(self, adapter: ModelAdapter, kind: str, keys: list[str], texts: list[str],
-                compute: Callable[..., Sequence[T]], to_arrays: Callable[[T], Mapping[str, np.ndarray]]) -> None:
+                compute: Callable[..., Sequence[T]], to_arrays: Callable[[T], Mapping[str, np.ndarray]],
+                usage: Usage) -> None:
         bar = tqdm(total=len(texts), desc=f"{kind} {adapter.name}", unit="request",
                    disable=(not self.progress) if self.progress is not None else None, leave=False)
 
@@ -270,6 +396,7 @@ class Engine:
             self.cache.put_many([(keys[i], pack_arrays(to_arrays(result)))])
             self._memo[keys[i]] = result
             self.stats.computed += 1
+            self._count_tokens(usage, result)
             bar.update(1)
 
         try:
@@ -280,7 +407,7 @@ class Engine:
 
     def _batched(self, adapter: ModelAdapter, kind: str, todo: Mapping[str, str], todo_keys: list[str],
                  texts: list[str], sizes: list[int], compute: Callable[..., Sequence[T]],
-                 to_arrays: Callable[[T], Mapping[str, np.ndarray]]) -> None:
+                 to_arrays: Callable[[T], Mapping[str, np.ndarray]], usage: Usage) -> None:
         bar = tqdm(
             total=len(texts),
             desc=f"{kind} {adapter.name}",
@@ -313,9 +440,16 @@ class Engine:
                 self.cache.put_many((k, pack_arrays(to_arrays(r))) for k, r in zip(batch, results))
                 for k, r in zip(batch, results):
                     self._memo[k] = r
+                    self._count_tokens(usage, r)
                 bar.update(len(batch))
         finally:
             bar.close()
+
+    @staticmethod
+    def _count_tokens(usage: Usage, value: object) -> None:
+        scored, generated = _tokens(value)
+        usage.tokens_scored += scored
+        usage.tokens_generated += generated
 
 
 def _count_bad(values: np.ndarray, allow_neg_inf: bool = False) -> int:

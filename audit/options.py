@@ -202,6 +202,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--fail-on", "output", str, choices=("distilled", "inconclusive"),
            help="CI gating: exit 1 (after writing the result) when the verdict is distilled, or with 'inconclusive' "
                 "when it is anything but not-distilled."),
+    Option("--plan", "output", bool, default=False,
+           help="Print the work the audit would do and exit, loading no model and writing nothing: the models, the "
+                "probes, the detectors that will run (and why others will not) and the requests each asks of each "
+                "model."),
     # -- models behind an API, and transcripts
     Option("--teacher-url", "models", str, metavar="URL",
            help="Teacher behind an OpenAI-compatible API (vLLM, TGI, llama.cpp server, ...), e.g. "

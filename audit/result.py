@@ -21,11 +21,12 @@ from jsonschema.exceptions import ValidationError, best_match
 from distill_audit.errors import InvalidResultFileError, ResultSchemaError
 from distill_audit.outputs import current_umask, write_atomic  # noqa: F401  (part of this module's face)
 
-SCHEMA_VERSION = "1.5"  # 1.1 added negative_controls, observations, teacher_logs, margins and power checks;
+SCHEMA_VERSION = "1.6"  # 1.1 added negative_controls, observations, teacher_logs, margins and power checks;
 # 1.2 added remote-model runtime (API transcripts), the watermark block and white-box lineage details;
 # 1.3 added the omnibus panel evidence, verdict.primary and attributed_to, attribution, alternative models;
 # 1.4 added audit_file (the audit file's path, sha256 and text) and settings.detector_params;
-# 1.5 added each model's prompt_format and the prompt-format settings
+# 1.5 added each model's prompt_format and the prompt-format settings;
+# 1.6 added the inference account: inference.by_model, by_detector and by_model_and_detector
 SCHEMA_FILE = "schemas/result.schema.json"  # inside the audit package; `distill-audit schema` prints it
 VOLATILE_KEYS = ("created_at", "timings", "inference")
 _VALUE_LIMIT = 60  # characters of an offending value quoted in a message: enough to recognise it

@@ -35,6 +35,9 @@ from distill_audit.watermark import WatermarkInputs, read_key
 log = logging.getLogger(__name__)
 CACHE_FILE = "inference-v1.sqlite"
 Loader = Callable[[str, LoadOptions, str], ModelAdapter]
+# the stages of an audit besides the detectors, as the inference account names them
+FRESH_ANSWERS, ATTRIBUTION, NEGATIVE_CONTROLS, IDENTITY_PROBES = (
+    "fresh-answers", "attribution", "negative-controls", "identity-probes")
 
 
 def _load_hf(source: str, options: LoadOptions, name: str) -> ModelAdapter:
@@ -188,7 +191,8 @@ def _run_detectors(detectors: Sequence[Detector], ctx: DetectorContext,
             continue
         t0 = time.perf_counter()
         try:
-            evidence.append(det.run(ctx))
+            with ctx.engine.working_for(det.name):
+                evidence.append(det.run(ctx))
         except DetectorSkipped as exc:
             skipped.append({"detector": det.name, "reason": exc.reason})
             continue
@@ -223,7 +227,8 @@ def assess(detectors: Sequence[Detector], ctx: DetectorContext, alternatives: Se
     t0 = time.perf_counter()
     for handle, source in alternatives:
         alt_ctx = dataclasses.replace(ctx, teacher=handle, teacher_logs=None, watermark=None)
-        alt_evidence, _ = _run_detectors([d for d in detectors if d.name in comp.tables], alt_ctx)
+        with ctx.engine.working_for(ATTRIBUTION):
+            alt_evidence, _ = _run_detectors([d for d in detectors if d.name in comp.tables], alt_ctx)
         candidates.append(omnibus.Candidate(handle.name, "alternative", source,
                                             omnibus.components(alt_evidence, alt_ctx, access)))
     if timings is not None and alternatives:
@@ -466,7 +471,7 @@ class AuditResult:
     load_seconds: float
     detector_seconds: dict[str, float]
     total_seconds: float
-    inference: dict[str, int]
+    inference: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -495,6 +500,11 @@ class AuditResult:
         }
 
 
+def inference_record(engine: Engine) -> dict[str, Any]:
+    """The result's ``inference``: the engine's totals, and its account by model and by detector (or stage)."""
+    return {**engine.stats.to_dict(), **engine.account.to_dict()}
+
+
 def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress: bool | None = None,
             command: Sequence[str] = (), started: float | None = None, created_at: str | None = None) -> AuditResult:
     """Run the planned audit on the open models: fresh answers, detectors, the omnibus and attribution, the
@@ -508,6 +518,8 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
     token_budget = spec.token_budget or default_token_budget(devices)
     engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress,
                     remote_max_age=spec.api_cache_ttl)
+    for h in models.handles:
+        engine.name_model(h.adapter, h.name)
     detector_seconds: dict[str, float] = {}
     controls: list[dict[str, Any]] = []
     observations: dict[str, Any] = {}
@@ -516,7 +528,8 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
         if plan.fresh_file is not None:
             pairs = pair_outputs(plan.logged, plan.fresh_file, str(spec.teacher_fresh))
         else:
-            fresh = sample_fresh(teacher, plan.logged, engine, spec.seed, spec.fresh_temperature)
+            with engine.working_for(FRESH_ANSWERS):
+                fresh = sample_fresh(teacher, plan.logged, engine, spec.seed, spec.fresh_temperature)
             pairs = pair_outputs(plan.logged, fresh, f"sampled from the teacher here (temperature "
                                  f"{spec.fresh_temperature:g}, seed {spec.seed}, logged lengths)")
         if plan.fresh_file is None and teacher.format.where == "server":
@@ -543,11 +556,13 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
     if spec.negative_controls:
         ran = [d for d in plan.detectors if d.name in {e.detector for e in evidence}]
         t0 = time.perf_counter()
-        controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination, models.alternatives)
+        with engine.working_for(NEGATIVE_CONTROLS):
+            controls, control_warnings = negative_controls(ran, ctx, spec.alpha, spec.combination, models.alternatives)
         detector_seconds["negative_controls"] = round(time.perf_counter() - t0, 3)
         warnings.extend(control_warnings)
     if spec.teacher_names or student.format.kind == "chat":
-        observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
+        with engine.working_for(IDENTITY_PROBES):
+            observations["identity"] = identity_observations(student, spec.teacher_names, engine, spec.seed)
     result_verdict = dataclasses.replace(assessment.verdict, warnings=tuple(warnings) + tuple(
         w for w in assessment.verdict.warnings if w not in warnings))
     records = tuple(
@@ -581,7 +596,7 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
         load_seconds=models.load_seconds,
         detector_seconds=detector_seconds,
         total_seconds=time.perf_counter() - started,
-        inference=engine.stats.to_dict(),
+        inference=inference_record(engine),
     )
 
 

@@ -163,6 +163,42 @@ class Available:
 
 
 @dataclass(frozen=True)
+class PlanInputs:
+    """What an audit gives its detectors, counted before any model loads: what :meth:`Detector.planned_requests`
+    reads. Characters are of the texts as given (a chat model reads them through its template: a little more)."""
+
+    n_probes: int
+    probe_chars: int
+    n_references: int
+    n_logged: int = 0  # logged teacher answers (distinct)
+    logged_chars: int = 0  # their prompts and answers
+    fresh_chars: int | None = None  # the fresh answers given with --teacher-fresh; None: drawn from the teacher here
+    n_watermark_texts: int = 0
+    watermark_chars: int = 0
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """Inference a detector will ask for, declared before any model loads: ``count`` requests of ``kind`` to each model
+    in ``role`` (teacher, student, or every reference).
+
+    ``new_tokens``: the most new tokens one generate request asks for (None: set by the data, e.g. a logged answer's
+    length). ``chars``: characters of text the requests read, where known before any model runs (None: it reads
+    answers not yet written). ``share`` names the request set: the same share on the same model is the same requests
+    (the engine computes them once, whichever detector asks first); ``of_teacher`` marks requests that read the
+    teacher's answers, which are new work when another model takes the teacher's seat."""
+
+    role: str  # teacher | student | reference
+    kind: str  # generate | score | hidden
+    count: int
+    what: str
+    share: str
+    new_tokens: int | None = 0
+    chars: int | None = None
+    of_teacher: bool = False
+
+
+@dataclass(frozen=True)
 class NoParams:
     pass
 
@@ -234,6 +270,12 @@ class Detector(abc.ABC):
     def unmet_by_models(self, models: Mapping[str, Sequence[ModelAdapter]], available: Available) -> str | None:
         """A detector's own needs that only the open models can show (e.g. weights of matching shapes), checked
         after the declared ones; None when met. Override, do not replace :meth:`unmet`."""
+        return None
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...] | None:
+        """The inference this detector asks for with its parameters (``distill-audit run --plan``), declared here
+        beside :meth:`run` so the two change together (a test runs real audits and holds every detector's computed
+        requests to its plan). None: not declared; an empty tuple: it asks for no inference."""
         return None
 
     @abc.abstractmethod

@@ -23,8 +23,11 @@ IDENTITY_QUESTIONS = (
 )
 
 
+IDENTITY_MAX_NEW_TOKENS = 48  # tokens of each answer
+
+
 def identity_observations(model: ModelHandle, names: Sequence[str], engine: Any, seed: int,
-                          max_new_tokens: int = 48) -> dict[str, Any]:
+                          max_new_tokens: int = IDENTITY_MAX_NEW_TOKENS) -> dict[str, Any]:
     """Ask the model who it is (greedy) and record each answer, marking those that name the teacher or its
     maker. ``names`` are the teacher's names and its maker's, as the user gives them."""
     adapter = model.adapter

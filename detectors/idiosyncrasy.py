@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 
 from distill_audit.detectors import textsim
-from distill_audit.detectors.base import Detector, DetectorContext, Evidence
+from distill_audit.detectors.base import Detector, DetectorContext, Evidence, PlanInputs, PlannedRequest
 from distill_audit.detectors.output_similarity import greedy
 from distill_audit.detectors.panel import (
     PANEL_NULL,
     TEACHER_STEPS_NEEDS,
     TEXT_NEEDS,
     panel_evidence,
+    planned_greedy,
+    planned_teacher_steps,
     suspects,
     teacher_steps,
     top_gaps,
@@ -79,6 +81,9 @@ class TokenIdiosyncrasy(Detector):
     Params = TokenIdiosyncrasyParams
     null = PANEL_NULL.format(what="likely to share the teacher's idiosyncratic next-token choices")
 
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        return planned_teacher_steps(inputs, self.params.max_new_tokens, self.params.temperature)
+
     def run(self, ctx: DetectorContext) -> Evidence:
         p: IdiosyncrasyParams = self.params
         shared = teacher_steps(ctx, p.max_new_tokens, p.temperature)
@@ -113,6 +118,9 @@ class TextIdiosyncrasy(Detector):
     min_references = 2
     Params = IdiosyncrasyParams
     null = PANEL_NULL.format(what="likely to share the teacher's idiosyncratic word choices")
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        return planned_greedy(inputs, self.params.text_tokens)
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: IdiosyncrasyParams = self.params

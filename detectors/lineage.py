@@ -34,7 +34,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from distill_audit.backends.base import Capability, ModelAdapter, ScoredText
-from distill_audit.detectors.base import Available, Detector, DetectorContext, DetectorSkipped, Evidence
+from distill_audit.detectors.base import (
+    Available,
+    Detector,
+    DetectorContext,
+    DetectorSkipped,
+    Evidence,
+    PlanInputs,
+    PlannedRequest,
+)
 from distill_audit.detectors.panel import panel_evidence, suspects
 
 # -- weight lineage --------------------------------------------------------------------------------------
@@ -112,6 +120,9 @@ class WeightLineage(Detector):
             return ("no student block has MLP weights of the same shape as a teacher block (different width or "
                     "architecture); representation-similarity still applies")
         return None
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        return ()  # it reads the weights themselves, no inference
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: WeightParams = self.params
@@ -259,6 +270,19 @@ class RepresentationSimilarity(Detector):
         "The student is no more teacher-like in its hidden representations than an independent reference: "
         "per probe text, its CKA to the teacher is exchangeable with the references'."
     )
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        n, chars = inputs.n_probes, inputs.probe_chars
+        return tuple(
+            request
+            for role in ("teacher", "student", "reference")
+            for request in (
+                PlannedRequest(role, "hidden", n, f"hidden states of the probes (up to {self.params.max_layers} layers)",
+                               f"hidden:{self.params.max_layers}", chars=chars),
+                PlannedRequest(role, "score", n, "the probes as text (token offsets for the words)", "probes",
+                               chars=chars),
+            )
+        )
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: CKAParams = self.params

@@ -31,13 +31,23 @@ import numpy as np
 from distill_audit import stats
 from distill_audit.backends.base import Capability, ScoredText
 from distill_audit.detectors import textsim
-from distill_audit.detectors.base import Detector, DetectorContext, Evidence, ScoredAnswer
+from distill_audit.detectors.base import (
+    Detector,
+    DetectorContext,
+    Evidence,
+    PlanInputs,
+    PlannedRequest,
+    ScoredAnswer,
+)
 from distill_audit.detectors.panel import (
     PANEL_NULL,
     PANEL_TEST,
+    SUSPECT_ROLES,
     comparison_evidence,
     panel_evidence,
     round_list,
+    sampled_share,
+    sampled_what,
     suspects,
     teacher_sampling,
     top_gaps,
@@ -63,6 +73,19 @@ class TeacherTextLikelihood(Detector):
     min_references = 2
     Params = LikelihoodParams
     null = PANEL_NULL.format(what="at ease with the teacher's text (in bits per byte, relative to other models' text)")
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        p: LikelihoodParams = self.params
+        share, n = sampled_share(p.max_new_tokens, p.temperature), inputs.n_probes
+        return (
+            *(PlannedRequest(role, "generate", n, sampled_what(p.max_new_tokens, p.temperature), share,
+                             new_tokens=p.max_new_tokens) for role in ("teacher", *SUSPECT_ROLES)),
+            *(PlannedRequest(role, "score", n, "each probe with the teacher's continuation", f"read-teacher-{share}",
+                             of_teacher=True) for role in SUSPECT_ROLES),
+            # every suspect reads every other suspect's writing: the student and the references but itself
+            *(PlannedRequest(role, "score", n * inputs.n_references, "each probe with each other suspect model's "
+                             "continuation", f"read-suspects-{share}") for role in SUSPECT_ROLES),
+        )
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: LikelihoodParams = self.params
@@ -175,6 +198,17 @@ class LoggedVsFresh(Detector):
         "ones is no larger than an independent reference's (which never saw the logs), across prompts and across "
         "the panel."
     )
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        # the references read the answers too when there are 2 or more (calibration; all must be able to score)
+        roles = SUSPECT_ROLES if inputs.n_references >= 2 else ("student",)
+        return tuple(
+            PlannedRequest(role, "score", inputs.n_logged, f"each {which} teacher answer after its prompt", share,
+                           chars=chars)
+            for role in roles
+            for which, share, chars in (("logged", "logged-answers", inputs.logged_chars),
+                                        ("fresh", "fresh-answers", inputs.fresh_chars))
+        )
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: LoggedParams = self.params

@@ -24,12 +24,14 @@ import numpy as np
 
 from distill_audit.backends.base import GenerateParams
 from distill_audit.detectors import textsim
-from distill_audit.detectors.base import Detector, DetectorContext, Evidence
+from distill_audit.detectors.base import Detector, DetectorContext, Evidence, PlanInputs, PlannedRequest
 from distill_audit.detectors.panel import (
     PANEL_NULL,
     TEACHER_STEPS_NEEDS,
     TEXT_NEEDS,
     panel_evidence,
+    planned_greedy,
+    planned_teacher_steps,
     suspects,
     teacher_steps,
     top_gaps,
@@ -62,6 +64,9 @@ class _TokenLevel(Detector):
     @abc.abstractmethod
     def step_similarity(self, t_ids: np.ndarray, t_lp: np.ndarray, m_ids: np.ndarray, m_lp: np.ndarray) -> np.ndarray:
         """Per teacher step: the similarity of a model's top-k to the teacher's (both [steps, k])."""
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        return planned_teacher_steps(inputs, self.params.max_new_tokens, self.params.temperature)
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: TokenParams = self.params
@@ -203,6 +208,9 @@ class _TextLevel(Detector):
     @abc.abstractmethod
     def similarity(self, teacher: str, other: str) -> float:
         """How close ``other``'s continuation is to the teacher's, in [0, 1] (NaN: nothing to compare)."""
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        return planned_greedy(inputs, self.params.max_new_tokens)
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: TextParams = self.params

@@ -15,7 +15,7 @@ import numpy as np
 
 from distill_audit import stats
 from distill_audit.backends.base import Capability, GenerateParams, Generation, ScoredText
-from distill_audit.detectors.base import DetectorContext, Evidence, ModelHandle
+from distill_audit.detectors.base import DetectorContext, Evidence, ModelHandle, PlanInputs, PlannedRequest
 
 PANEL_TEST = (
     "intersection-union of (a) one-sided Wilcoxon signed-rank across prompts against each reference and "
@@ -25,6 +25,9 @@ PANEL_NULL = (
     "The student is no more {what} than an independent model: no higher than the most teacher-like "
     "reference across prompts, or within the spread of the reference panel."
 )
+
+
+SUSPECT_ROLES = ("student", "reference")  # the seats of :func:`suspects`, as planned requests name them
 
 
 def suspects(ctx: DetectorContext) -> tuple[ModelHandle, ...]:
@@ -154,6 +157,36 @@ class TeacherSteps:
     continuations: list[Generation]
     scored: dict[str, list[ScoredText]]
     steps: list[np.ndarray | None]
+
+
+def sampled_share(max_new_tokens: int, temperature: float) -> str:
+    """The planned-request share of :func:`teacher_sampling`'s generations (one request set per model)."""
+    return f"sampled:{max_new_tokens}:{temperature:g}"
+
+
+def sampled_what(max_new_tokens: int, temperature: float) -> str:
+    how = f"sampled at temperature {temperature:g}, seeded" if temperature > 0 else "greedy"
+    return f"continuations of the probes ({how})"
+
+
+def planned_teacher_steps(inputs: PlanInputs, max_new_tokens: int, temperature: float) -> tuple[PlannedRequest, ...]:
+    """What :func:`teacher_steps` asks for: the teacher continues every probe, every suspect scores the probe with
+    the teacher's continuation."""
+    share = sampled_share(max_new_tokens, temperature)
+    n = inputs.n_probes
+    return (
+        PlannedRequest("teacher", "generate", n, sampled_what(max_new_tokens, temperature), share,
+                       new_tokens=max_new_tokens),
+        *(PlannedRequest(role, "score", n, "each probe with the teacher's continuation", f"read-teacher-{share}",
+                         of_teacher=True) for role in SUSPECT_ROLES),
+    )
+
+
+def planned_greedy(inputs: PlanInputs, max_new_tokens: int) -> tuple[PlannedRequest, ...]:
+    """Every model continues every probe greedily (the text-level detectors)."""
+    return tuple(PlannedRequest(role, "generate", inputs.n_probes, "greedy continuations of the probes",
+                                f"greedy:{max_new_tokens}", new_tokens=max_new_tokens)
+                 for role in ("teacher", *SUSPECT_ROLES))
 
 
 def teacher_steps(ctx: DetectorContext, max_new_tokens: int, temperature: float) -> TeacherSteps:

@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from distill_audit import fingerprint as fp
 from distill_audit.backends.base import Capability, ModelAdapter
-from distill_audit.detectors.base import Available, Detector, DetectorContext, Evidence
-from distill_audit.detectors.panel import teacher_sampling
+from distill_audit.detectors.base import Available, Detector, DetectorContext, Evidence, PlanInputs, PlannedRequest
+from distill_audit.detectors.panel import sampled_share, sampled_what, teacher_sampling
 from distill_audit.errors import CapabilityError
 from distill_audit.watermark import (
     Pair,
@@ -108,6 +108,15 @@ class WatermarkRadioactivity(Detector):
                           f"{no_reading or 'not chosen'}")
         return "generation", f"the student continued the probes ({no_reading})" if no_reading else \
             "the student continued the probes"
+
+    def planned_requests(self, inputs: PlanInputs) -> tuple[PlannedRequest, ...]:
+        p: RadioactivityParams = self.params
+        if p.mode == "reading" or (p.mode == "auto" and inputs.n_watermark_texts):
+            return (PlannedRequest("student", "score", inputs.n_watermark_texts, "each watermarked teacher text after "
+                                   "its prompt (auto: the probes' continuations instead where the student cannot read "
+                                   "them)", "watermark-texts", chars=inputs.watermark_chars),)
+        return (PlannedRequest("student", "generate", inputs.n_probes, sampled_what(p.max_new_tokens, p.temperature),
+                               sampled_share(p.max_new_tokens, p.temperature), new_tokens=p.max_new_tokens),)
 
     def run(self, ctx: DetectorContext) -> Evidence:
         p: RadioactivityParams = self.params
