@@ -7,11 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -30,34 +25,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def llama_server() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF), "--model_alias", "smollm",
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--seed", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 900  # a hang guard only: a loaded machine may start it slowly
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=5) as resp:
-                    json.loads(resp.read())
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("llama.cpp server did not start")
-                time.sleep(1)
+    from bench.realteachers import llama_server as serve  # one way to start it, shared with the benchmark
+
+    assert GGUF is not None
+    with serve(GGUF, "smollm", None, threads=2) as url:  # waits up to 15 minutes: a hang guard only
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_llamacpp_server_generates_through_the_backend(llama_server: str) -> None:
