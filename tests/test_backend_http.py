@@ -438,8 +438,8 @@ def test_ctrl_c_stops_requests_in_flight_at_once(llama_dir: Path, tmp_path: Path
         assert not (tmp_path / "out" / "result.json").exists()
 
 
-def test_an_audit_of_a_chat_api_teacher_warns_about_the_prompt_format(llama_dir: Path, gpt2_dir: Path,
-                                                                       tmp_path: Path) -> None:
+def test_an_audit_of_a_chat_api_teacher_with_plain_suspects_says_what_was_compared(llama_dir: Path, gpt2_dir: Path,
+                                                                                   tmp_path: Path) -> None:
     probes = tmp_path / "probes.txt"
     probes.write_text("\n".join(f"Short prompt number {i} is" for i in range(6)) + "\n")
     with serve(llama_dir, "--chat-only") as s:
@@ -450,4 +450,6 @@ def test_an_audit_of_a_chat_api_teacher_warns_about_the_prompt_format(llama_dir:
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["models"][0]["runtime"]["generate_api"] == "chat"
-    assert any("chat API" in w for w in result["verdict"]["warnings"])
+    # the local suspects have no chat template, so they continue the probe: the verdict says what was compared
+    assert any("The teacher was asked chat, through the API's chat route and student plain text continued" in w
+               for w in result["verdict"]["warnings"])
