@@ -67,8 +67,7 @@ class PromptFormat:
             if self.system != SYSTEM_DEFAULT and not any(m.get("role") == "system" for m in turns):
                 turns.insert(0, {"role": "system", "content": _system_text(self.system)})
             return turns
-        head = [] if self.system == SYSTEM_DEFAULT else [{"role": "system", "content": _system_text(self.system)}]
-        return [*head, {"role": "user", "content": prompt}]
+        return _messages(self.system, prompt)
 
     def render(self, prompt: str, context: Sequence[Message] = ()) -> str:
         """The text this model is given for ``prompt``. A plain model continues the probe itself; a chat model
