@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
+import re
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator, Mapping, Sequence, TypeVar
@@ -21,7 +24,14 @@ from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from distill_audit.backends.base import AdapterWrapper, GenerateParams, Generation, ModelAdapter, ScoredText
+from distill_audit.backends.base import (
+    SPAN_POOLING,
+    AdapterWrapper,
+    GenerateParams,
+    Generation,
+    ModelAdapter,
+    ScoredText,
+)
 from distill_audit.cache import InferenceCache, pack_arrays, request_key, unpack_arrays
 from distill_audit.errors import AuditError, CapabilityError, InvalidAnswerError, ProbeTooLongError
 
@@ -123,7 +133,7 @@ def _tokens(value: object) -> tuple[int, int]:
         return value.n_tokens, 0
     if isinstance(value, Generation):
         return 0, int(len(value.token_ids))
-    if isinstance(value, np.ndarray) and value.ndim == 3:  # hidden states: [layers, tokens, d_model]
+    if isinstance(value, np.ndarray) and value.ndim == 3:  # hidden states: [layers, tokens (or words), d_model]
         return int(value.shape[1]), 0
     return 0, 0
 
@@ -143,6 +153,13 @@ def default_token_budget(devices: Sequence[str]) -> int:
     return 16384 if any(d.startswith(("cuda", "auto")) for d in devices) else 1024
 
 
+def default_generate_budget(devices: Sequence[str]) -> int:
+    """Tokens (prompt and new tokens, padded) per generation batch. A decode step reads every weight of the model for
+    one token per row, so on a CPU more rows per step cost little more until the KV cache outgrows the caches
+    (measured with bench/audit_cost.py); a GPU's scoring budget already fills it."""
+    return 16384 if any(d.startswith(("cuda", "auto")) for d in devices) else 8192
+
+
 def pack_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     """Indices grouped into batches, longest first, so that rows x longest row <= token_budget."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -154,6 +171,37 @@ def pack_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
             batches.append(current)
             current = []
         current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pack_shared_batches(texts: Sequence[str], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped into batches for a backend that shares beginnings (:attr:`ModelAdapter.shares_prefixes`):
+    texts in sorted order, so those that begin alike (one probe read with several answers) are neighbours and land in
+    one batch. A batch's cost is estimated as the tokens of the texts that begin a run of their own, plus its rows
+    times the most tokens a row has beyond the beginning it shares with the text before it (from their common
+    characters); batches stay within ``token_budget`` of that cost."""
+    order = sorted(range(len(texts)), key=lambda i: (texts[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    starts = widest = 0
+    previous = ""
+    for i in order:
+        text = texts[i]
+        common = len(os.path.commonprefix([previous, text])) if previous else 0
+        own = max(1, math.ceil(lengths[i] * (1 - common / max(len(text), 1))))
+        begins_run = 2 * own > lengths[i]
+        cost = (starts + (lengths[i] if begins_run else 0)) + (len(current) + 1) * max(widest, 1 if begins_run else own)
+        if current and cost > token_budget:
+            batches.append(current)
+            current, starts, widest, begins_run = [], 0, 0, True
+        current.append(i)
+        if begins_run:
+            starts += lengths[i]
+        else:
+            widest = max(widest, own)
+        previous = text
     if current:
         batches.append(current)
     return batches
@@ -202,11 +250,14 @@ class Engine:
         score_top_k: int = 10,
         progress: bool | None = None,
         remote_max_age: float | None = None,
+        generate_budget: int | None = None,
     ):
-        if token_budget < 1:
+        if token_budget < 1 or (generate_budget is not None and generate_budget < 1):
             raise AuditError("token budget must be at least 1")
         self.cache = cache
         self.token_budget = token_budget
+        # tokens per generation batch (None: the scoring budget); lowered on its own when generation runs out of memory
+        self.generate_budget = generate_budget or token_budget
         self.score_top_k = score_top_k
         self.progress = progress  # None: tqdm decides (off when stderr is not a terminal)
         # seconds a cached answer of a remote API is trusted (None: for ever); local models are content-
@@ -276,15 +327,30 @@ class Engine:
             from_arrays=_gen_from_arrays,
         )
 
-    def hidden_states(self, adapter: ModelAdapter, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+    def hidden_states(self, adapter: ModelAdapter, texts: Sequence[str], layers: Sequence[int],
+                      words: str | None = None) -> list[np.ndarray]:
+        """Per text, ``[layers, tokens, d]``; with ``words`` (a regular expression whose matches are a text's words),
+        ``[layers, words, d]``, pooled in the backend (:func:`pool_spans`) before anything is cached: a large model's
+        per-token states of every probe would take gigabytes of cache that no detector reads."""
         layer_list = [int(x) for x in layers]
+        params: dict[str, object] = {"layers": layer_list}
+        if words is not None:
+            pattern = re.compile(words)
+            params.update(words=words, pooling=SPAN_POOLING)
+
+            def compute(batch: Sequence[str]) -> list[np.ndarray]:
+                spans = [[(m.start(), m.end()) for m in pattern.finditer(t)] for t in batch]
+                return adapter.hidden_states(batch, layer_list, spans)
+        else:
+            def compute(batch: Sequence[str]) -> list[np.ndarray]:
+                return adapter.hidden_states(batch, layer_list)
         return self._run(
             adapter,
             "hidden",
-            {"layers": layer_list},
+            params,
             texts,
             lengths=adapter.count_tokens,
-            compute=lambda batch, **kw: adapter.hidden_states(batch, layer_list, **kw),
+            compute=lambda batch, **kw: compute(batch),
             to_arrays=lambda h: {"h": h},
             from_arrays=lambda a: a["h"],
         )
@@ -416,7 +482,10 @@ class Engine:
             leave=False,
         )
         try:
-            queue = [[todo_keys[i] for i in batch] for batch in pack_batches(sizes, self.token_budget)]
+            shared = kind == "score" and adapter.shares_prefixes
+            budget = self.generate_budget if kind == "generate" else self.token_budget
+            packed = pack_shared_batches(texts, sizes, budget) if shared else pack_batches(sizes, budget)
+            queue = [[todo_keys[i] for i in batch] for batch in packed]
             size_of = dict(zip(todo_keys, sizes))
             while queue:
                 batch = queue.pop(0)
@@ -427,9 +496,13 @@ class Engine:
                         raise
                     self.stats.oom_retries += 1
                     half = len(batch) // 2
-                    self.token_budget = max(1, min(self.token_budget, size_of[batch[0]] * half))
-                    log.warning("out of memory on %d rows; retrying in halves (budget now %d tokens)",
-                                len(batch), self.token_budget)
+                    lowered = max(1, min(budget, size_of[batch[0]] * half))
+                    if kind == "generate":
+                        self.generate_budget = budget = lowered
+                    else:
+                        self.token_budget = budget = lowered
+                    log.warning("out of memory on %d rows; retrying in halves (%s budget now %d tokens)",
+                                len(batch), "generation" if kind == "generate" else "batch", lowered)
                     _free_accelerator_memory()
                     queue[:0] = [batch[:half], batch[half:]]
                     continue
@@ -440,7 +513,10 @@ class Engine:
                 self.cache.put_many((k, pack_arrays(to_arrays(r))) for k, r in zip(batch, results))
                 for k, r in zip(batch, results):
                     self._memo[k] = r
-                    self._count_tokens(usage, r)
+                    if kind == "generate":
+                        self._count_tokens(usage, r)
+                    else:  # the tokens read, as the backend counted them to pack the batch
+                        usage.tokens_scored += size_of[k]
                 bar.update(len(batch))
         finally:
             bar.close()

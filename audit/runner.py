@@ -22,7 +22,7 @@ from distill_audit.detectors import REGISTRY, Available, Detector, DetectorConte
 from distill_audit.detectors.base import DetectorSkipped
 from distill_audit.detectors.identity import identity_observations
 from distill_audit.detectors.membership import LoggedVsFresh
-from distill_audit.engine import Engine, default_token_budget
+from distill_audit.engine import Engine, default_generate_budget, default_token_budget
 from distill_audit.errors import CapabilityError, UsageError
 from distill_audit.formats import SYSTEM_DEFAULT, SYSTEM_NONE, compared_note, resolve_format
 from distill_audit.logs import LoggedOutput, LogPairs, distinct_outputs, load_outputs, pair_outputs
@@ -516,8 +516,9 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
     teacher, student = models.teacher, models.student
     devices = [str(h.adapter.runtime.get("device", "cpu")) for h in models.handles]
     token_budget = spec.token_budget or default_token_budget(devices)
+    generate_budget = spec.token_budget or default_generate_budget(devices)
     engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress,
-                    remote_max_age=spec.api_cache_ttl)
+                    remote_max_age=spec.api_cache_ttl, generate_budget=generate_budget)
     for h in models.handles:
         engine.name_model(h.adapter, h.name)
     detector_seconds: dict[str, float] = {}
@@ -591,7 +592,7 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
         negative_controls=tuple(controls),
         observations=observations,
         verdict=result_verdict,
-        settings=dict(spec.settings(), token_budget=token_budget),
+        settings=dict(spec.settings(), token_budget=token_budget, generate_budget=generate_budget),
         environment=environment(),
         load_seconds=models.load_seconds,
         detector_seconds=detector_seconds,

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from distill_audit.backends.base import Capability, ModelAdapter, ScoredText
+from distill_audit.backends.base import Capability, ModelAdapter
 from distill_audit.detectors.base import (
     Available,
     Detector,
@@ -44,6 +44,7 @@ from distill_audit.detectors.base import (
     PlannedRequest,
 )
 from distill_audit.detectors.panel import panel_evidence, suspects
+from distill_audit.errors import AuditError
 
 # -- weight lineage --------------------------------------------------------------------------------------
 
@@ -53,6 +54,9 @@ class WeightParams:
     permutations: int = 9999  # p-values down to 1e-4: small enough to survive Bonferroni over the detectors
     max_units: int = 512  # units compared per block (a seeded subset, the same indices in both models)
     margin: float = 0.05  # mean cosine of corresponding units counted as inherited
+
+
+_PERMUTATION_BATCH = 64  # permutations scored together by weight_lineage_test
 
 
 def _unit_rows(mats: Sequence[np.ndarray], idx: np.ndarray | None) -> list[np.ndarray]:
@@ -80,19 +84,34 @@ def weight_lineage_test(teacher: Sequence[np.ndarray], student: Sequence[np.ndar
         units = max_units
     s_rows = _unit_rows(student, idx)
     t_rows = _unit_rows(teacher, idx)
-    # cross-cosine matrices G[i, j][a, b] = cos(student i unit a, teacher j unit b): a permutation of the
-    # student's units only reorders rows, so every permuted statistic is a diagonal sum of these.
-    grams = {(i, j): s_rows[i] @ t_rows[j].T for i, j in pairs}
-    observed = {(i, j): float(np.trace(g)) / units for (i, j), g in grams.items()}
-    by_block: dict[int, tuple[list[int], np.ndarray]] = {}
-    for i in sorted({a for a, _ in pairs}):
-        js = [j for a, j in pairs if a == i]
-        by_block[i] = (js, np.stack([grams[(i, j)] for j in js]))  # [teacher blocks, units, units]
-    maxima = np.empty(permutations)
+    # Cross-cosines G[i, j][a, b] = cos(student i unit a, teacher j unit b): a permutation of the student's units
+    # only reorders rows, so every permuted statistic is a diagonal sum of these. Per student block they are laid
+    # out as rows (a, b) of teacher blocks, so a permuted diagonal is one gather-and-sum of rows (an embedding bag).
+    import torch
+
     arange = np.arange(units)
-    for b in range(permutations):
-        # the student's units permuted independently in each block; every block pair re-scored
-        maxima[b] = max(float(g[:, rng.permutation(units), arange].sum(axis=1).max()) for _, g in by_block.values()) / units
+    layouts: list[torch.Tensor] = []
+    observed: dict[tuple[int, int], float] = {}
+    with torch.inference_mode():
+        for i in sorted({a for a, _ in pairs}):
+            js = [j for a, j in pairs if a == i]
+            teachers = torch.from_numpy(np.concatenate([t_rows[j] for j in js]))  # [teacher blocks x units, d]
+            cos = (torch.from_numpy(s_rows[i]) @ teachers.T).view(units, len(js), units)  # [a, j, b]
+            layout = cos.permute(0, 2, 1).reshape(units * units, len(js))  # row a * units + b: G[i, j][a, b] by j
+            for j, diagonal in zip(js, layout[torch.from_numpy(arange * units + arange)].sum(dim=0).tolist()):
+                observed[(i, j)] = diagonal / units
+            layouts.append(layout)
+        maxima = np.empty(permutations)
+        for start in range(0, permutations, _PERMUTATION_BATCH):
+            count = min(_PERMUTATION_BATCH, permutations - start)
+            # drawn in the order of one permutation per block, permutation after permutation (the seeded sequence
+            # the test has always used), then scored a batch at a time
+            perms = np.array([[rng.permutation(units) for _ in layouts] for _ in range(count)])  # [count, blocks, units]
+            per_block = torch.stack([
+                torch.nn.functional.embedding_bag(torch.from_numpy(perms[:, k] * units + arange), layout,
+                                                  mode="sum").amax(dim=1)
+                for k, layout in enumerate(layouts)])
+            maxima[start : start + count] = per_block.amax(dim=0).numpy() / units
     best = max(observed.values())
     p = (1 + int(np.sum(maxima >= best))) / (1 + permutations)
     adjusted = {key: (1 + int(np.sum(maxima >= value))) / (1 + permutations) for key, value in observed.items()}
@@ -198,21 +217,6 @@ def word_spans(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
-def word_vectors(hidden: np.ndarray, scored: ScoredText, spans: Sequence[tuple[int, int]]) -> np.ndarray:
-    """[layers, words, d]: each word's vector is the mean of the hidden states of the tokens overlapping it
-    (the tokenizer-free rows every model shares). A word no token overlaps gets the nearest token before it."""
-    starts, ends = scored.offsets[:, 0], scored.offsets[:, 1]
-    real = ends > starts
-    out = np.zeros((hidden.shape[0], len(spans), hidden.shape[2]), dtype=np.float64)
-    for w, (a, b) in enumerate(spans):
-        sel = np.nonzero(real & (starts < b) & (ends > a))[0]
-        if sel.size == 0:
-            before = np.nonzero(real & (starts < b))[0]
-            sel = before[-1:] if before.size else np.array([min(1, hidden.shape[1] - 1)])
-        out[:, w] = hidden[:, sel].mean(axis=1)
-    return out
-
-
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Linear CKA (Kornblith et al. 2019) between [n, d1] and [n, d2], columns centred."""
     x = x - x.mean(axis=0)
@@ -277,10 +281,8 @@ class RepresentationSimilarity(Detector):
             request
             for role in ("teacher", "student", "reference")
             for request in (
-                PlannedRequest(role, "hidden", n, f"hidden states of the probes (up to {self.params.max_layers} layers)",
-                               f"hidden:{self.params.max_layers}", chars=chars),
-                PlannedRequest(role, "score", n, "the probes as text (token offsets for the words)", "probes",
-                               chars=chars),
+                PlannedRequest(role, "hidden", n, f"hidden states of the probes (up to {self.params.max_layers} layers), "
+                               "pooled to words", f"hidden:{self.params.max_layers}", chars=chars),
             )
         )
 
@@ -328,9 +330,14 @@ class RepresentationSimilarity(Detector):
     @staticmethod
     def _vectors(ctx: DetectorContext, model: Any, texts: list[str], spans: list[list[tuple[int, int]]],
                  layers: list[int]) -> list[np.ndarray]:
-        hidden = ctx.engine.hidden_states(model.adapter, texts, layers)
-        scored = ctx.score(model, texts)
-        return [word_vectors(h, s, sp) for h, s, sp in zip(hidden, scored, spans)]
+        """Per text, [layers, words, d]: each word's vector is the mean of the hidden states of the tokens overlapping
+        it (the tokenizer-free rows every model shares), pooled in the backend before caching."""
+        words = ctx.engine.hidden_states(model.adapter, texts, layers, words=_WORD.pattern)
+        for w, sp, text in zip(words, spans, texts):
+            if w.shape[1] != len(sp):
+                raise AuditError(f"{model.name}: its hidden states of {text[:40]!r} hold {w.shape[1]} words, the text "
+                                 f"has {len(sp)}; refusing to compare them")
+        return [w.astype(np.float64) for w in words]
 
 
 def _one_sided(e: Evidence) -> Evidence:

@@ -59,6 +59,57 @@ def test_scoring_matches_a_plain_forward_pass(adapter: HFAdapter) -> None:
     np.testing.assert_allclose(scored.logprob_var[1:], expected_var[:-1].numpy(), rtol=1e-3, atol=1e-4)
 
 
+SHARED = "Kise peru dani kilo zesa gona lonu sisa reno bilo mini. Runo"
+READINGS = [SHARED + " mini pie zosa tiu velo", SHARED + " lee dau", SHARED + " mini pie", "Vunu tea loa lile dani",
+            SHARED[:30] + " dau neni kilo", "Runo lee dau neni. Kise peru"]
+
+
+def test_texts_that_begin_alike_are_scored_through_one_shared_beginning(adapter: HFAdapter) -> None:
+    """The shared-prefix path (the beginning run once, each text's own tokens on its KV cache) gives the numbers of
+    scoring each text whole, on both architectures, and it is the path taken: fewer tokens through the model."""
+    from distill_audit.backends import hf
+
+    assert adapter.shares_prefixes  # the architecture passed its load-time check
+    groups = hf.prefix_groups(adapter._encode(READINGS), hf._MIN_SHARED_TOKENS)
+    assert any(len(rows) >= 3 for _, rows in groups)
+    calls: list[int] = []
+    original = adapter._shared_prefix_statistics
+
+    def counting(encoded: list[list[int]], groups: list[tuple[int, list[int]]], k: int) -> list[tuple[np.ndarray, ...]]:
+        calls.append(len(encoded))
+        return original(encoded, groups, k)
+
+    adapter._shared_prefix_statistics = counting  # type: ignore[method-assign]
+    try:
+        batched = adapter.score(READINGS, top_k=5)
+    finally:
+        del adapter._shared_prefix_statistics
+    assert calls == [len(READINGS)]
+    for text, b in zip(READINGS, batched):
+        (single,) = adapter.score([text], top_k=5)
+        np.testing.assert_array_equal(b.token_ids, single.token_ids)
+        np.testing.assert_array_equal(b.offsets, single.offsets)
+        for name in ("target_logprob", "topk_logprobs", "entropy", "logprob_var"):
+            np.testing.assert_allclose(getattr(b, name), getattr(single, name), atol=2e-4, rtol=1e-4, equal_nan=True)
+        np.testing.assert_array_equal(b.topk_ids[1:, 0], single.topk_ids[1:, 0])
+
+
+def test_prefix_groups_keep_probes_apart_and_leave_every_row_a_token() -> None:
+    from distill_audit.backends.hf import prefix_groups
+
+    system = list(range(100, 130))
+    probe_a = [system + list(range(1, 36)) + [200 + j, 7, 8] for j in range(5)]
+    probe_b = [system + list(range(40, 75)) + [300 + j] for j in range(4)]
+    groups = prefix_groups(probe_b + probe_a + [system + [9]], 8)
+    by_rows = {tuple(sorted(rows)): shared for shared, rows in groups}
+    assert by_rows[tuple(range(4, 9))] == 65 and by_rows[tuple(range(4))] == 65  # one group per probe
+    unrelated = [system + [400 + j] * 20 for j in range(4)]  # only the system turn in common: shared once
+    assert prefix_groups(unrelated, 8) == [(30, [0, 1, 2, 3])]
+    whole = [system + [1], system + [1, 2]]  # one text is the other's beginning: each keeps a token of its own
+    assert prefix_groups(whole, 8) == [(30, [0, 1])]
+    assert prefix_groups([[1, 2], [3, 4, 5]], 8) == [(1, [0]), (2, [1])]
+
+
 def test_offsets_locate_tokens_in_the_text(adapter: HFAdapter) -> None:
     (scored,) = adapter.score([TEXTS[0]], top_k=1)
     pieces = [TEXTS[0][s:e] for s, e in scored.offsets[1:]]  # skip <s>

@@ -12,7 +12,7 @@ import torch
 from distill_audit.backends.base import AdapterWrapper, GenerateParams, ScoredText
 from distill_audit.backends.hf import HFAdapter
 from distill_audit.cache import InferenceCache
-from distill_audit.engine import Engine, pack_batches
+from distill_audit.engine import Engine, pack_batches, pack_shared_batches
 from distill_audit.errors import ProbeTooLongError
 
 TEXTS = [("Runo lee dau neni. " * (i % 5 + 1)).strip() for i in range(23)] + ["Kise", "Kise"]
@@ -27,6 +27,41 @@ def test_pack_batches_respects_the_budget_and_covers_every_item() -> None:
         width = max(lengths[i] for i in batch)
         assert len(batch) == 1 or len(batch) * width <= 1000
     assert pack_batches([5000, 3], token_budget=100) == [[0], [1]]  # an item over budget still runs alone
+
+
+PROBES = [f"Question {i}: Kise peru dani kilo zesa gona lonu sisa reno bilo mini, runo {i}?" for i in range(6)]
+ANSWERS = ["Runo lee dau neni.", "Vunu tea loa", "Kise peru suni roso ria dani kilo", "Zesa", "mini pie zosa tiu"]
+READINGS = [p + " " + a for p in PROBES for a in ANSWERS]
+
+
+def test_pack_shared_batches_keeps_a_probes_readings_together() -> None:
+    lengths = [len(t) // 3 for t in READINGS]
+    batches = pack_shared_batches(READINGS, lengths, token_budget=120)
+    assert sorted(i for b in batches for i in b) == list(range(len(READINGS)))
+    probe_of = {i: i // len(ANSWERS) for i in range(len(READINGS))}
+    split = sum(len({probe_of[i] for i in b}) for b in batches) - len(PROBES)
+    assert split <= len(batches)  # a probe's readings are split at most at each batch boundary
+    assert max(len(b) for b in batches) > 120 // max(lengths)  # more rows than whole texts would allow
+    assert pack_shared_batches(["a" * 500, "b"], [400, 1], token_budget=100) == [[0], [1]]
+
+
+def test_the_engine_runs_a_shared_beginning_once_with_the_same_numbers(llama_dir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = HFAdapter.load(str(llama_dir))
+    fed: list[int] = []
+    adapter.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(int(kwargs["input_ids"].numel())), with_kwargs=True)
+    shared = Engine(InferenceCache(None), token_budget=256).score(adapter, READINGS)
+    tokens_shared = sum(fed)
+    fed.clear()
+    monkeypatch.setattr(HFAdapter, "shares_prefixes", property(lambda self: False))
+    whole = Engine(InferenceCache(None), token_budget=256).score(adapter, READINGS)
+    tokens_whole = sum(fed)
+    assert tokens_shared < 0.7 * tokens_whole
+    for a, b in zip(shared, whole):
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+        np.testing.assert_allclose(a.target_logprob, b.target_logprob, atol=2e-4, equal_nan=True)
+        np.testing.assert_allclose(a.entropy, b.entropy, atol=2e-4, equal_nan=True)
 
 
 def test_results_come_back_in_the_callers_order(llama_dir: Path) -> None:

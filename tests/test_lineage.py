@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from distill_audit import synthetic
+from distill_audit.backends.base import pool_spans
 from distill_audit.backends.hf import HFAdapter
 from distill_audit.cache import InferenceCache
 from distill_audit.detectors.base import DetectorContext, DetectorSkipped, ModelHandle
-from distill_audit.detectors.lineage import RepresentationSimilarity, linear_cka, weight_lineage_test, word_spans, word_vectors
+from distill_audit.detectors.lineage import RepresentationSimilarity, linear_cka, weight_lineage_test, word_spans
 from distill_audit.engine import Engine
 from tests.conftest import cli
 
@@ -90,10 +91,13 @@ def test_word_vectors_give_every_tokenizer_the_same_rows(tmp_path: Path) -> None
         model.save_pretrained(tmp_path / f"m-{kind}")
         tok.save_pretrained(tmp_path / f"m-{kind}")
         adapter = HFAdapter.load(str(tmp_path / f"m-{kind}"))
+        (vecs,) = adapter.hidden_states([text], [0, 1], [spans])
+        assert vecs.shape[:2] == (2, len(spans)) and np.isfinite(vecs).all()
+        # pooled in the backend = the token states pooled here over the token offsets that scoring gives
         (hidden,) = adapter.hidden_states([text], [0, 1])
         (scored,) = adapter.score([text], 1)
-        vecs = word_vectors(hidden, scored, spans)
-        assert vecs.shape[:2] == (2, len(spans)) and np.isfinite(vecs).all()
+        assert hidden.shape[1] == scored.n_tokens > len(spans) - 2
+        np.testing.assert_allclose(vecs, pool_spans(hidden, scored.offsets, spans), rtol=1e-6, atol=1e-6)
         rows.append(vecs.shape[1])
     assert rows[0] == rows[1] == 8
 
@@ -244,11 +248,12 @@ def test_words_that_do_not_vary_within_a_text_skip(tiny_panel: Any, monkeypatch:
     """Every word of a text pooled to one vector: CKA across texts exists, per text it does not."""
     import distill_audit.detectors.lineage as lineage
 
-    def same_vector_per_text(hidden: np.ndarray, scored: Any, spans: Any) -> np.ndarray:
-        pooled = hidden.mean(axis=1, keepdims=True).astype(np.float64)
-        return np.repeat(pooled, len(spans), axis=1)
+    pooled_words = lineage.RepresentationSimilarity._vectors
 
-    monkeypatch.setattr(lineage, "word_vectors", same_vector_per_text)
+    def same_vector_per_text(*args: Any) -> list[np.ndarray]:
+        return [np.repeat(w.mean(axis=1, keepdims=True), w.shape[1], axis=1) for w in pooled_words(*args)]
+
+    monkeypatch.setattr(lineage.RepresentationSimilarity, "_vectors", staticmethod(same_vector_per_text))
     with pytest.raises(DetectorSkipped, match="only 0 probe text.s. have a defined CKA to the teacher for every model"):
         RepresentationSimilarity().run(tiny_panel(("Kise peru suni roso ria", "Vunu tea loa lile dani")))
 
@@ -263,3 +268,46 @@ def test_cka_profile_refuses_nothing_to_compare() -> None:
     flat = [np.ones((2, 5, 4)) for _ in range(3)]
     with pytest.raises(DetectorSkipped, match="do not vary over the probe words"):
         cka_profile(flat, texts, [0, 1, 2])
+
+
+def _weight_lineage_reference(teacher: list[np.ndarray], student: list[np.ndarray], rng: np.random.Generator,
+                              permutations: int, max_units: int) -> tuple[float, np.ndarray, dict[Any, float]]:
+    """The test as first written (one permutation at a time, every block pair's full cross-cosine matrix): the
+    batched implementation must give the same null maxima, p-value and observed statistics from the same seed."""
+    pairs = [(i, j) for i, s in enumerate(student) for j, t in enumerate(teacher) if s.shape == t.shape]
+    units = student[pairs[0][0]].shape[0]
+    idx = None
+    if units > max_units:
+        idx = np.sort(rng.choice(units, size=max_units, replace=False))
+        units = max_units
+
+    def rows(mats: list[np.ndarray]) -> list[np.ndarray]:
+        picked = [m if idx is None else m[idx] for m in mats]
+        return [(r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)).astype(np.float64) for r in picked]
+
+    s_rows, t_rows = rows(student), rows(teacher)
+    grams = {(i, j): s_rows[i] @ t_rows[j].T for i, j in pairs}
+    observed = {(i, j): float(np.trace(g)) / units for (i, j), g in grams.items()}
+    by_block = {i: np.stack([grams[(i, j)] for a, j in pairs if a == i]) for i in sorted({a for a, _ in pairs})}
+    maxima = np.empty(permutations)
+    arange = np.arange(units)
+    for b in range(permutations):
+        maxima[b] = max(float(g[:, rng.permutation(units), arange].sum(axis=1).max()) for g in by_block.values()) / units
+    best = max(observed.values())
+    return (1 + int(np.sum(maxima >= best))) / (1 + permutations), maxima, observed
+
+
+@pytest.mark.parametrize("copied", [False, True])
+def test_batched_weight_lineage_test_equals_the_one_at_a_time_test(copied: bool) -> None:
+    rng = np.random.default_rng(11)
+    teacher = [rng.standard_normal((40, 8)) for _ in range(3)] + [rng.standard_normal((40, 6))]
+    student = [rng.standard_normal((40, 8)) for _ in range(2)] + [rng.standard_normal((40, 6))]
+    if copied:
+        student[1] = teacher[2] + 0.3 * rng.standard_normal((40, 8))
+    got = weight_lineage_test(teacher, student, np.random.default_rng(5), permutations=150, max_units=32)
+    p, maxima, observed = _weight_lineage_reference(teacher, student, np.random.default_rng(5), 150, 32)
+    np.testing.assert_allclose(got["null_maxima"], maxima, rtol=1e-12, atol=1e-12)
+    assert got["p_value"] == p and (not copied or p == 1 / 151)  # a copied block: no permutation reaches it
+    assert got["observed"].keys() == observed.keys()
+    for key, value in observed.items():
+        assert got["observed"][key] == pytest.approx(value, abs=1e-12)

@@ -129,6 +129,12 @@ class ModelAdapter(abc.ABC):
         the cache there and then, so a killed audit loses no answer already received."""
         return False
 
+    @property
+    def shares_prefixes(self) -> bool:
+        """True for a backend that scores the texts of one batch that begin alike with their common beginning run
+        once (a local model's KV cache): the engine then batches texts that share beginnings together."""
+        return False
+
     # -- inference -------------------------------------------------------------------------------------
     @abc.abstractmethod
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -144,8 +150,11 @@ class ModelAdapter(abc.ABC):
         """Capability.GENERATE (and GENERATE_TOPK for the per-step log-probs): one continuation per prompt."""
         raise CapabilityError(f"{self.name} cannot generate")
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
-        """Capability.HIDDEN_STATES: per text, ``[len(layers), n_tokens, d_model]`` float32."""
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int],
+                      spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[np.ndarray]:
+        """Capability.HIDDEN_STATES: per text, ``[len(layers), n_tokens, d_model]`` float32; with ``spans`` (per text,
+        character spans such as its words), ``[len(layers), n_spans, d_model]``: each span's vector pooled from the
+        token states by :func:`pool_spans`, so the per-token states never leave the backend."""
         raise CapabilityError(f"{self.name} gives no hidden states")
 
     def mlp_weights(self) -> list[np.ndarray]:
@@ -223,6 +232,10 @@ class AdapterWrapper(ModelAdapter):
     def streams_results(self) -> bool:
         return self.inner.streams_results
 
+    @property
+    def shares_prefixes(self) -> bool:
+        return self.inner.shares_prefixes
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.inner.count_tokens(texts)
 
@@ -234,8 +247,9 @@ class AdapterWrapper(ModelAdapter):
                  on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
         return self.inner.generate(prompts, params, on_result=on_result)
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
-        return self.inner.hidden_states(texts, layers)
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int],
+                      spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[np.ndarray]:
+        return self.inner.hidden_states(texts, layers, spans)
 
     def mlp_weights(self) -> list[np.ndarray]:
         return self.inner.mlp_weights()
@@ -264,6 +278,27 @@ class AdapterWrapper(ModelAdapter):
 
     def close(self) -> None:
         self.inner.close()
+
+
+# The rule of pool_spans, named in the cache key of pooled hidden states: change the name when the rule changes.
+SPAN_POOLING = "mean-of-overlapping-tokens-v1"
+
+
+def pool_spans(hidden: np.ndarray, offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``[layers, tokens, d]`` token states to ``[layers, spans, d]`` float32: each span's vector is the mean (in
+    float64) of the states of the tokens whose characters (``offsets``, [tokens, 2]) overlap it; a span no token
+    overlaps gets the nearest token before it (else the second token, else the first). Tokens without characters
+    (BOS, special tokens) never count."""
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    real = ends > starts
+    out = np.zeros((hidden.shape[0], len(spans), hidden.shape[2]), dtype=np.float64)
+    for w, (a, b) in enumerate(spans):
+        sel = np.nonzero(real & (starts < b) & (ends > a))[0]
+        if sel.size == 0:
+            before = np.nonzero(real & (starts < b))[0]
+            sel = before[-1:] if before.size else np.array([min(1, hidden.shape[1] - 1)])
+        out[:, w] = hidden[:, sel].astype(np.float64).mean(axis=1)
+    return out.astype(np.float32)
 
 
 def report_each(results: list[T], on_result: Callable[[int, T], None] | None) -> list[T]:

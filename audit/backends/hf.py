@@ -7,6 +7,7 @@ checkpoints refused unless asked for; remote code runs only when asked for.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -17,16 +18,33 @@ import numpy as np
 import torch
 
 from distill_audit import fingerprint as fp
-from distill_audit.backends.base import Capability, GenerateParams, Generation, ModelAdapter, ScoredText, report_each
-from distill_audit.decoding import context_limit, decode, row_seed
+from distill_audit.backends.base import (
+    Capability,
+    GenerateParams,
+    Generation,
+    ModelAdapter,
+    ScoredText,
+    pool_spans,
+    report_each,
+)
+from distill_audit.decoding import cache_kwarg, context_limit, decode, row_seed
 from distill_audit.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Rows of the output head evaluated at once; keeps the [rows, vocab] logits block small enough to stay in cache.
-_HEAD_CHUNK = 128
+# The output head's statistics (bench/throughput.py --against lm-eval measured these on SmolLM2-135M, 2 CPU cores):
+# on a CPU, one matmul over up to _HEAD_ROWS positions, then the statistics in blocks of _STAT_ROWS rows, whose
+# [rows, vocab] logits stay in the core's L2 cache through the several passes; on an accelerator, one block.
+_HEAD_ROWS = 512
+_STAT_ROWS = 16
+_ACCELERATOR_HEAD_ROWS = 4096
+# Texts of one batch that share at least this many leading tokens are scored with those tokens run once.
+_MIN_SHARED_TOKENS = 8
+# Top-k through groups: the k largest logits lie in the k groups with the largest maxima, so topk runs over those
+# groups' members (k x _TOPK_GROUP) instead of the whole vocabulary.
+_TOPK_GROUP = 128
 
 
 @dataclass(frozen=True)
@@ -161,6 +179,7 @@ class HFAdapter(ModelAdapter):
         self.device = device
         self.forward_passes = 0  # counted so benchmarks and tests can prove the cache saved work
         self._fast_head = self._fast_head_matches()
+        self._shares_prefixes: bool | None = None  # decided at the first scoring (see shares_prefixes)
         self._mlp_weights: list[np.ndarray] | None = None
 
     # -- loading -----------------------------------------------------------------------------------
@@ -344,52 +363,115 @@ class HFAdapter(ModelAdapter):
         if not texts:
             return []
         encoded, offsets = self._encode_with_offsets(texts)
-        input_ids, mask = self._pad_right(encoded)
-        targets = input_ids[:, 1:][mask[:, 1:].bool()]
         k = max(1, min(top_k, self.model.config.vocab_size))
+        groups = (prefix_groups(encoded, _MIN_SHARED_TOKENS)
+                  if all(len(ids) > 1 for ids in encoded) and self.shares_prefixes else [])
         with torch.inference_mode():
-            rows, head = self._position_logits(input_ids, mask)
-            parts: list[tuple[torch.Tensor, ...]] = []
-            for start in range(0, rows.shape[0], _HEAD_CHUNK):
-                block = rows[start : start + _HEAD_CHUNK]
-                logits = (head(block) if head is not None else block).float()
-                # Few passes over the [rows, vocab] block, one temporary: max, exp in place, sums.
-                peak = logits.amax(dim=-1, keepdim=True)
-                weights = logits.sub(peak).exp_()
-                total = weights.sum(dim=-1)
-                lse = peak[:, 0] + total.log()
-                mean_logit = torch.linalg.vecdot(weights, logits) / total
-                entropy = lse - mean_logit
-                # Var of log p under p equals Var of the logits under p (a shift); reuse the block in place.
-                logits_var = torch.linalg.vecdot(weights, logits.sub(mean_logit[:, None]).square_()) / total
-                tgt = targets[start : start + _HEAD_CHUNK].to(logits.device)
-                target_lp = logits.gather(1, tgt[:, None])[:, 0] - lse
-                top_vals, top_ids = logits.topk(k, dim=-1)
-                parts.append((target_lp, top_ids, top_vals - lse[:, None], entropy, logits_var))
-        if parts:
-            all_lp, all_ids, all_top_lp, all_entropy, all_var = (
-                torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(5)
-            )
-        else:
-            all_lp, all_entropy, all_var = (np.zeros(0, np.float32) for _ in range(3))
-            all_ids, all_top_lp = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        results, cursor = [], 0
-        for ids, offs in zip(encoded, offsets):
-            m = max(len(ids) - 1, 0)  # positions with a prediction; the first token has none
-            sl = slice(cursor, cursor + m)
-            cursor += m
+            if any(len(rows) > 1 for _, rows in groups):
+                stats = self._shared_prefix_statistics(encoded, groups, k)
+            else:
+                input_ids, mask = self._pad_right(encoded)
+                targets = input_ids[:, 1:][mask[:, 1:].bool()]
+                rows, head = self._position_logits(input_ids, mask)
+                flat = head_statistics(rows, head, targets, k)
+                bounds = np.cumsum([0] + [max(len(ids) - 1, 0) for ids in encoded])
+                stats = [tuple(a[bounds[i]:bounds[i + 1]] for a in flat) for i in range(len(encoded))]
+        results = []
+        for ids, offs, (row_lp, row_ids, row_top_lp, row_entropy, row_var) in zip(encoded, offsets, stats):
+            # the first token has no prediction
             results.append(
                 ScoredText(
                     token_ids=np.asarray(ids, dtype=np.int64),
                     offsets=offs,
-                    target_logprob=np.concatenate([[np.nan], all_lp[sl]]).astype(np.float32),
-                    topk_ids=np.concatenate([np.full((1, k), -1), all_ids[sl]]).astype(np.int64),
-                    topk_logprobs=np.concatenate([np.full((1, k), np.nan), all_top_lp[sl]]).astype(np.float32),
-                    entropy=np.concatenate([[np.nan], all_entropy[sl]]).astype(np.float32),
-                    logprob_var=np.concatenate([[np.nan], all_var[sl]]).astype(np.float32),
+                    target_logprob=np.concatenate([[np.nan], row_lp]).astype(np.float32),
+                    topk_ids=np.concatenate([np.full((1, k), -1), row_ids]).astype(np.int64),
+                    topk_logprobs=np.concatenate([np.full((1, k), np.nan), row_top_lp]).astype(np.float32),
+                    entropy=np.concatenate([[np.nan], row_entropy]).astype(np.float32),
+                    logprob_var=np.concatenate([[np.nan], row_var]).astype(np.float32),
                 )
             )
         return report_each(results, on_result)
+
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether texts of one batch that begin with the same tokens are scored with that beginning run once (the
+        same probe read with several answers): checked once per model against scoring each text whole."""
+        if self._shares_prefixes is None:
+            self._shares_prefixes = self._shared_prefix_matches()
+        return self._shares_prefixes
+
+    def _shared_prefix_statistics(self, encoded: list[list[int]], groups: list[tuple[int, list[int]]],
+                                  k: int) -> list[tuple[np.ndarray, ...]]:
+        """Per row, the head statistics of its positions 0..n-2, computed in two passes: each group's shared
+        tokens once (keeping their KV cache), then every row's own tokens on its group's cache."""
+        base = self.model.base_model
+        kwarg = cache_kwarg(base)
+        prefixes = [encoded[rows[0]][:shared] for shared, rows in groups]
+        p_ids, p_mask = self._pad_right(prefixes)
+        self.forward_passes += 1
+        out = base(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
+        p_hidden, cache = out[0], getattr(out, kwarg)
+        order = [(g, row) for g, (_, rows) in enumerate(groups) for row in rows]
+        suffixes = [encoded[row][groups[g][0]:] for g, row in order]
+        s_ids, s_mask = self._pad_right(suffixes)
+        index = torch.tensor([g for g, _ in order], device=p_ids.device)
+        cache.batch_select_indices(index)
+        starts = torch.tensor([groups[g][0] for g, _ in order], device=p_ids.device)
+        positions = starts[:, None] + torch.arange(s_ids.shape[1], device=p_ids.device)[None, :]
+        self.forward_passes += 1
+        s_hidden = base(input_ids=s_ids, attention_mask=torch.cat([p_mask[index], s_mask], dim=1),
+                        position_ids=positions, use_cache=False, **{kwarg: cache})[0]
+        # rows of the head: each group's shared positions that predict a shared token, then each row's last shared
+        # position (it predicts the row's first own token) and its own positions but the last
+        hidden_rows, targets = [], []
+        for g, (shared, _) in enumerate(groups):
+            hidden_rows.append(p_hidden[g, : shared - 1])
+            targets.extend(prefixes[g][1:shared])
+        for i, (g, _) in enumerate(order):
+            n_own = len(suffixes[i])
+            hidden_rows.append(p_hidden[g, groups[g][0] - 1 : groups[g][0]])
+            hidden_rows.append(s_hidden[i, : n_own - 1])
+            targets.extend(suffixes[i])
+        flat = head_statistics(torch.cat(hidden_rows), self.model.get_output_embeddings(),
+                               torch.tensor(targets, dtype=torch.long), k)
+        cursor, shared_stats = 0, []
+        for shared, _ in groups:
+            shared_stats.append(tuple(a[cursor : cursor + shared - 1] for a in flat))
+            cursor += shared - 1
+        out_stats: list[tuple[np.ndarray, ...]] = [()] * len(encoded)
+        for i, (g, row) in enumerate(order):
+            n_own = len(suffixes[i])
+            own = tuple(a[cursor : cursor + n_own] for a in flat)
+            cursor += n_own
+            out_stats[row] = tuple(np.concatenate([s, o]) for s, o in zip(shared_stats[g], own))
+        return out_stats
+
+    def _shared_prefix_matches(self) -> bool:
+        """Whether this architecture scores texts through a shared prefix's KV cache as it scores them whole
+        (within float tolerance): models whose cache cannot be re-indexed or that need more than positions and a
+        mask to continue one (or whose output head post-processes logits) score every text whole."""
+        if not self._fast_head:
+            return False
+        vocab = self.model.config.vocab_size
+        base = [(7 * i + 3) % vocab for i in range(_MIN_SHARED_TOKENS + 4)]
+        encoded = [base + [5 % vocab, 9 % vocab], base + [11 % vocab], base[:-2] + [13 % vocab, 2 % vocab, 4 % vocab]]
+        groups = prefix_groups(encoded, _MIN_SHARED_TOKENS)
+        if not any(len(rows) > 1 for _, rows in groups):
+            return False
+        passes = self.forward_passes
+        try:
+            with torch.inference_mode():
+                shared = self._shared_prefix_statistics(encoded, groups, 5)
+                input_ids, mask = self._pad_right(encoded)
+                rows, head = self._position_logits(input_ids, mask)
+                whole = head_statistics(rows, head, input_ids[:, 1:][mask[:, 1:].bool()], 5)
+        except Exception as exc:  # an architecture whose cache or forward does not take this: score texts whole
+            log.debug("%s: shared-prefix scoring unavailable (%s)", self.name, _first_line(exc))
+            return False
+        finally:
+            self.forward_passes = passes
+        joined = np.concatenate([s[0] for s in shared])
+        return bool(np.allclose(joined, whole[0], atol=1e-3, rtol=1e-3))
 
     def generate(self, prompts: Sequence[str], params: GenerateParams,
                  on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
@@ -484,20 +566,111 @@ class HFAdapter(ModelAdapter):
                 out.append(torch.cat(mats, dim=1).numpy().astype(np.float32))
         return out
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
-        """Per-token hidden states of the chosen layers (0 = embeddings, -1 = last): [layers, tokens, dim]."""
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int],
+                      spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[np.ndarray]:
+        """Per-token hidden states of the chosen layers (0 = embeddings, -1 = last): [layers, tokens, dim]; with
+        ``spans``, pooled to them (:func:`pool_spans`): [layers, spans, dim]."""
         if not texts:
             return []
-        encoded = self._encode(texts)
+        encoded, offsets = self._encode_with_offsets(texts)
         input_ids, mask = self._pad_right(encoded)
         with torch.inference_mode():
             self.forward_passes += 1
-            out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+            # the body alone where it gives the same hidden states: the output head's logits are not needed here
+            body = self.model.base_model if self._fast_head else self.model
+            out = body(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
             chosen = [out.hidden_states[layer].float().cpu() for layer in layers]
-        return [
-            np.stack([h[row, : len(ids)].numpy() for h in chosen]).astype(np.float32)
-            for row, ids in enumerate(encoded)
-        ]
+        per_token = [np.stack([h[row, : len(ids)].numpy() for h in chosen]).astype(np.float32)
+                     for row, ids in enumerate(encoded)]
+        if spans is None:
+            return per_token
+        return [pool_spans(h, offs, sp) for h, offs, sp in zip(per_token, offsets, spans)]
+
+
+def prefix_groups(encoded: Sequence[Sequence[int]], min_shared: int) -> list[tuple[int, list[int]]]:
+    """Rows grouped by a common leading run of token ids, as ``(shared tokens, rows)``, the shared run leaving every
+    row at least one token of its own; a row alone is a group whose shared run is all but its last token.
+
+    Rows are sorted by their ids, so rows that share a beginning are neighbours; neighbouring groups are merged,
+    those sharing the longest runs first, whenever the merged group runs fewer tokens (its shared run once, then each
+    row's own tokens) than the two apart, and shares at least ``min_shared`` tokens. A chat template's system turn,
+    which every text begins with, thus joins texts of different probes only where it saves work."""
+    order = sorted(range(len(encoded)), key=lambda i: list(encoded[i]))
+    runs = [[i] for i in order]
+    shared = [max(len(encoded[i]) - 1, 0) for i in order]
+    bounds: list[int] = []  # common leading tokens of the rows either side of each gap between runs
+    for x, y in zip(order, order[1:]):
+        a, b = encoded[x], encoded[y]
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        bounds.append(n)
+    while bounds and max(bounds) >= min_shared:
+        k = max(range(len(bounds)), key=lambda j: bounds[j])
+        left, right = runs[k], runs[k + 1]
+        common = min(bounds[k], shared[k], shared[k + 1])
+        total = sum(len(encoded[i]) for i in left + right)
+        apart = shared[k] + shared[k + 1] + total - len(left) * shared[k] - len(right) * shared[k + 1]
+        merged = common + total - (len(left) + len(right)) * common
+        if common >= min_shared and merged < apart:
+            runs[k : k + 2] = [left + right]
+            shared[k : k + 2] = [common]
+            del bounds[k]
+        else:
+            bounds[k] = -1  # never merged: these two stay apart
+    return list(zip(shared, runs))
+
+
+def grouped_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits.topk(k, dim=-1)`` (values descending; the same values, and the same ids up to the order of ties),
+    reading the whole vocabulary once for the group maxima and then only the members of the k best groups."""
+    rows, vocab = logits.shape
+    groups = -(-vocab // _TOPK_GROUP)
+    if groups <= k or vocab < 4 * _TOPK_GROUP:
+        return logits.topk(k, dim=-1)
+    width = groups * _TOPK_GROUP
+    padded = logits if width == vocab else torch.nn.functional.pad(logits, (0, width - vocab), value=-math.inf)
+    grouped = padded.view(rows, groups, _TOPK_GROUP)
+    best_groups = grouped.amax(dim=-1).topk(k, dim=-1).indices  # [rows, k]
+    members = grouped.gather(1, best_groups[:, :, None].expand(rows, k, _TOPK_GROUP)).reshape(rows, k * _TOPK_GROUP)
+    values, where = members.topk(k, dim=-1)
+    ids = best_groups.gather(1, where // _TOPK_GROUP) * _TOPK_GROUP + where % _TOPK_GROUP
+    return values, ids
+
+
+def head_statistics(rows: torch.Tensor, head: Any, targets: torch.Tensor, k: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per predicting position: the target's log-prob, the top-k ids and log-probs, the entropy and the variance of
+    the log-probs under the model's distribution. ``rows``: hidden states (with ``head``, the output layer) or
+    logits (``head`` None), [positions, ...]; ``targets``: the next token at each position."""
+    n = rows.shape[0]
+    on_cpu = rows.device.type == "cpu"
+    head_rows = _HEAD_ROWS if on_cpu else _ACCELERATOR_HEAD_ROWS
+    stat_rows = _STAT_ROWS if on_cpu else head_rows
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, n, head_rows):
+        block_logits = head(rows[start : start + head_rows]) if head is not None else rows[start : start + head_rows]
+        block_targets = targets[start : start + head_rows].to(block_logits.device)
+        for sub in range(0, block_logits.shape[0], stat_rows):
+            logits = block_logits[sub : sub + stat_rows].float()
+            # Few passes over the [rows, vocab] block, one temporary: max, exp in place, sums.
+            peak = logits.amax(dim=-1, keepdim=True)
+            weights = logits.sub(peak).exp_()
+            total = weights.sum(dim=-1)
+            lse = peak[:, 0] + total.log()
+            mean_logit = torch.linalg.vecdot(weights, logits) / total
+            entropy = lse - mean_logit
+            tgt = block_targets[sub : sub + stat_rows]
+            target_lp = logits.gather(1, tgt[:, None])[:, 0] - lse
+            top_vals, top_ids = grouped_topk(logits, k)
+            # Var of log p under p equals Var of the logits under p (a shift); centred in place, read last.
+            logits_var = torch.linalg.vecdot(weights, logits.sub_(mean_logit[:, None]).square_()) / total
+            parts.append((target_lp, top_ids, top_vals - lse[:, None], entropy, logits_var))
+    if not parts:
+        return (np.zeros(0, np.float32), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32),
+                np.zeros(0, np.float32), np.zeros(0, np.float32))
+    lp, ids, top_lp, entropy, var = (torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(5))
+    return lp, ids, top_lp, entropy, var
 
 
 def _first_line(exc: BaseException) -> str:

@@ -557,7 +557,8 @@ class OpenAIAdapter(ModelAdapter):
                           topk_ids=np.zeros((n, 0), np.int64), topk_logprobs=np.zeros((n, 0), np.float32),
                           entropy=np.full(n, np.nan, dtype=np.float32))
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int],
+                      spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[np.ndarray]:
         raise CapabilityError(f"{self.name}: an API gives no hidden states")
 
     def close(self) -> None:

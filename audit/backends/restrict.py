@@ -62,9 +62,10 @@ class RestrictedAdapter(AdapterWrapper):
         self._need(Capability.GENERATE)
         return self.inner.generate(prompts, params, on_result=on_result)
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int],
+                      spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[np.ndarray]:
         self._need(Capability.HIDDEN_STATES)
-        return self.inner.hidden_states(texts, layers)
+        return self.inner.hidden_states(texts, layers, spans)
 
     def mlp_weights(self) -> list[np.ndarray]:
         self._need(Capability.WEIGHTS)

@@ -453,7 +453,8 @@ class TranscriptAdapter(ModelAdapter):
               on_result: Callable[[int, ScoredText], None] | None = None) -> list[ScoredText]:
         raise CapabilityError(f"{self.name} is a transcript: a transcript holds answers only; it cannot score text")
 
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int]) -> list[np.ndarray]:
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int],
+                      spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[np.ndarray]:
         raise CapabilityError(f"{self.name} is a transcript: a transcript holds answers only; it has no hidden states")
 
     def generate(self, prompts: Sequence[str], params: GenerateParams,
