@@ -300,6 +300,29 @@ class Engine:
             self._derived[key] = compute()
         return self._derived[key]  # type: ignore[return-value]
 
+    def stored(self, kind: str, key: Mapping[str, object], compute: Callable[[], T],
+               to_arrays: Callable[[T], Mapping[str, np.ndarray]], from_arrays: Callable[[dict[str, np.ndarray]], T]) -> T:
+        """A costly statistic computed from the models (not inference: e.g. a permutation test on their weights),
+        kept in the inference cache under ``kind`` and ``key``, so a re-run from the cache does not compute it
+        again. ``key`` must name everything the value depends on: the models' fingerprints, the parameters, the
+        seed. A stored value that does not read back (``from_arrays`` raises ValueError, TypeError or KeyError) is
+        computed again."""
+        request = request_key("derived", kind, key, "")
+        if request not in self._memo:
+            blob = self.cache.get_many([request]).values.get(request)
+            value: T | None = None
+            if blob is not None:
+                try:
+                    value = from_arrays(unpack_arrays(blob))
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.warning("cache: a stored %s did not read back (%s); computing it again", kind, exc)
+                    self.stats.cache_corrupt += 1
+            if value is None:
+                value = compute()
+                self.cache.put_many([(request, pack_arrays(to_arrays(value)))])
+            self._memo[request] = value
+        return self._memo[request]  # type: ignore[return-value]
+
     # -- public batch calls ------------------------------------------------------------------------
     def score(self, adapter: ModelAdapter, texts: Sequence[str]) -> list[ScoredText]:
         k = self.score_top_k

@@ -147,8 +147,17 @@ class WeightLineage(Detector):
         p: WeightParams = self.params
         teacher = _weights(ctx.teacher.adapter)
         student = _weights(ctx.student.adapter)
-        rng = ctx.rng(self.name)
-        res = weight_lineage_test(teacher, student, rng, p.permutations, p.max_units)
+        t_fp, s_fp = ctx.teacher.adapter.fingerprint, ctx.student.adapter.fingerprint
+        key = {"teacher": t_fp["model"], "student": s_fp["model"], "teacher_numerics": t_fp.get("numerics"),
+               "student_numerics": s_fp.get("numerics"), "permutations": p.permutations, "max_units": p.max_units,
+               "seed": ctx.seed, "rule": "weight-lineage-v1"}
+        # the test takes a while on a real model (its cross-cosines and thousands of permutations), so its result
+        # is kept in the cache: a re-run from the cache, and the negative controls of a later run, read it back
+        res = ctx.engine.stored("weight-lineage", key,
+                                lambda: weight_lineage_test(teacher, student, ctx.rng(self.name), p.permutations,
+                                                            p.max_units),
+                                _lineage_to_arrays, _lineage_from_arrays)
+        rng = ctx.rng(f"{self.name}:bootstrap")
         observed, adjusted = res["observed"], res["adjusted"]
         best_pair = max(observed, key=observed.get)
         # 95% CI of the best pair's mean cosine: bootstrap over units
@@ -192,6 +201,35 @@ class WeightLineage(Detector):
                 "one_sided": "evidence for inherited weights only; silence does not support not-distilled",
             },
         )
+
+
+def _lineage_to_arrays(res: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    pairs = list(res["observed"])
+    return {
+        "pairs": np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
+        "observed": np.asarray([res["observed"][k] for k in pairs], dtype=np.float64),
+        "adjusted": np.asarray([res["adjusted"][k] for k in pairs], dtype=np.float64),
+        "p_value": np.asarray(res["p_value"], dtype=np.float64),
+        "statistic": np.asarray(res["statistic"], dtype=np.float64),
+        "null_maxima": np.asarray(res["null_maxima"], dtype=np.float64),
+        "units": np.asarray(res["units"], dtype=np.int64),
+        "unit_index": np.asarray(res["unit_index"] if res["unit_index"] is not None else [], dtype=np.int64),
+    }
+
+
+def _lineage_from_arrays(a: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    pairs = [(int(i), int(j)) for i, j in a["pairs"]]
+    observed, adjusted, maxima = a["observed"], a["adjusted"], a["null_maxima"]
+    units, index = int(a["units"]), a["unit_index"]
+    p_value, statistic = float(a["p_value"]), float(a["statistic"])
+    if not pairs or len(observed) != len(pairs) or len(adjusted) != len(pairs) or maxima.ndim != 1 or not maxima.size:
+        raise ValueError("a stored weight-lineage result with inconsistent lengths")
+    if not (np.isfinite(observed).all() and np.isfinite(maxima).all() and 0 < p_value <= 1 and units > 0
+            and index.size in (0, units) and statistic == float(observed.max())):
+        raise ValueError("a stored weight-lineage result that is not a valid test result")
+    return {"pairs": pairs, "observed": dict(zip(pairs, (float(x) for x in observed))),
+            "adjusted": dict(zip(pairs, (float(x) for x in adjusted))), "p_value": p_value, "statistic": statistic,
+            "null_maxima": maxima, "units": units, "unit_index": index if index.size else None}
 
 
 def _weights(adapter: ModelAdapter) -> list[np.ndarray]:

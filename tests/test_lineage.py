@@ -311,3 +311,42 @@ def test_batched_weight_lineage_test_equals_the_one_at_a_time_test(copied: bool)
     assert got["observed"].keys() == observed.keys()
     for key, value in observed.items():
         assert got["observed"][key] == pytest.approx(value, abs=1e-12)
+
+
+def test_the_weight_test_is_kept_in_the_cache_and_read_back_the_same(lineage_models: dict[str, Any], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run from the cache reads the permutation test back (no permutation drawn) and gives the same evidence;
+    a stored result that does not read back is computed again."""
+    import distill_audit.detectors.lineage as lineage
+    from distill_audit.detectors.lineage import WeightLineage
+
+    adapters = {n: HFAdapter.load(str(lineage_models[n]), name=n) for n in ("teacher", "student", "independent-0")}
+    handles = {n: ModelHandle(n.split("-")[0], n, a) for n, a in adapters.items()}
+
+    def run() -> dict[str, Any]:
+        engine = Engine(InferenceCache(tmp_path / "cache.sqlite"), progress=False)
+        ctx = DetectorContext(handles["teacher"], handles["student"], (handles["independent-0"],), ("a b c",), 0, engine)
+        evidence = WeightLineage(lineage.WeightParams(permutations=499)).run(ctx).to_dict()
+        engine.cache.close()
+        return evidence
+
+    computed: list[int] = []
+    original = lineage.weight_lineage_test
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lineage, "weight_lineage_test", counted)
+    first = run()
+    assert computed == [1] and first["p_value"] <= 0.002
+    second = run()
+    assert computed == [1]  # read back, not computed
+    assert json.dumps(second, sort_keys=True, default=str) == json.dumps(first, sort_keys=True, default=str)
+
+    def unreadable(arrays: Any) -> dict[str, Any]:
+        raise ValueError("damaged")
+
+    monkeypatch.setattr(lineage, "_lineage_from_arrays", unreadable)
+    third = run()
+    assert computed == [1, 1] and third["p_value"] == first["p_value"]
