@@ -265,6 +265,23 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(xy / (xx * yy)) if xx > 0 and yy > 0 else math.nan
 
 
+def cka_grid(model: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """:func:`linear_cka` of every model layer against every teacher layer ([layers, n, d] each): [model layers,
+    teacher layers]. Each layer is centred and its own Gram norm computed once, and the cross terms come from one
+    product of all layers side by side."""
+    xs = model - model.mean(axis=1, keepdims=True)
+    ys = teacher - teacher.mean(axis=1, keepdims=True)
+    x_norms = np.array([np.linalg.norm(x.T @ x) for x in xs])
+    y_norms = np.array([np.linalg.norm(y.T @ y) for y in ys])
+    n_x, n, d_x = xs.shape
+    n_y, _, d_y = ys.shape
+    cross = np.concatenate(list(ys), axis=1).T @ np.concatenate(list(xs), axis=1)  # [n_y * d_y, n_x * d_x]
+    squared = np.square(cross).reshape(n_y, d_y, n_x, d_x).sum(axis=(1, 3)).T  # [model layer, teacher layer]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        grid = squared / np.outer(x_norms, y_norms)
+    return np.where((x_norms[:, None] > 0) & (y_norms[None, :] > 0), grid, math.nan)
+
+
 def cka_profile(model: Sequence[np.ndarray], teacher: Sequence[np.ndarray],
                 keep: Sequence[int]) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
     """One model against the teacher, from per-text word vectors ([layers, words, d] each).
@@ -277,10 +294,7 @@ def cka_profile(model: Sequence[np.ndarray], teacher: Sequence[np.ndarray],
     do not vary over the words): there is nothing to compare."""
     if not keep:
         raise DetectorSkipped("no probe text is long enough to compare hidden states over its words")
-    rows_m = np.concatenate([model[k] for k in keep], axis=1)
-    rows_t = np.concatenate([teacher[k] for k in keep], axis=1)
-    grid = np.array([[linear_cka(rows_m[a], rows_t[b]) for b in range(rows_t.shape[0])]
-                     for a in range(rows_m.shape[0])])
+    grid = cka_grid(np.concatenate([model[k] for k in keep], axis=1), np.concatenate([teacher[k] for k in keep], axis=1))
     if not np.isfinite(grid).any():
         raise DetectorSkipped("the hidden states do not vary over the probe words, so their CKA is undefined")
     a, b = (int(i) for i in np.unravel_index(np.nanargmax(np.where(np.isfinite(grid), grid, np.nan)), grid.shape))
@@ -340,7 +354,11 @@ class RepresentationSimilarity(Detector):
         heatmaps: dict[str, Any] = {}
         for m in suspects(ctx):
             m_layers = _layers(m.adapter, p.max_layers)
-            grid, (a, b), values[m.name] = cka_profile(self._vectors(ctx, m, texts, spans, m_layers), teacher, keep)
+            # a model's profile depends on the teacher and that model only: computed once per audit (the negative
+            # controls seat the same models again)
+            grid, (a, b), values[m.name] = ctx.memo(
+                (self.name, p), m, lambda m=m, m_layers=m_layers: cka_profile(  # type: ignore[misc]
+                    self._vectors(ctx, m, texts, spans, m_layers), teacher, keep))
             heatmaps[m.name] = {"layers": m_layers, "teacher_layers": t_layers,
                                 "cka": [[round(float(v), 4) for v in row] for row in grid],
                                 "best": [m_layers[a], t_layers[b]], "best_cka": round(float(grid[a, b]), 4)}

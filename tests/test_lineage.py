@@ -350,3 +350,16 @@ def test_the_weight_test_is_kept_in_the_cache_and_read_back_the_same(lineage_mod
     monkeypatch.setattr(lineage, "_lineage_from_arrays", unreadable)
     third = run()
     assert computed == [1, 1] and third["p_value"] == first["p_value"]
+
+
+def test_the_cka_grid_equals_pair_by_pair_linear_cka() -> None:
+    from distill_audit.detectors.lineage import cka_grid
+
+    rng = np.random.default_rng(4)
+    model = rng.standard_normal((3, 40, 6)) + rng.standard_normal((1, 40, 6))
+    teacher = rng.standard_normal((4, 40, 9))
+    teacher[2] = 1.0  # a layer that does not vary: no CKA
+    grid = cka_grid(model, teacher)
+    want = np.array([[linear_cka(model[a], teacher[b]) for b in range(4)] for a in range(3)])
+    np.testing.assert_allclose(grid, want, rtol=1e-10, atol=1e-12, equal_nan=True)
+    assert np.isnan(grid[:, 2]).all() and np.isfinite(np.delete(grid, 2, axis=1)).all()
