@@ -26,6 +26,7 @@ empty, so the verdict never counts them as ruling distillation out).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from distill_audit.detectors.base import (
 )
 from distill_audit.detectors.panel import panel_evidence, suspects
 from distill_audit.errors import AuditError
+from distill_audit.probes import prompts_hash
 
 # -- weight lineage --------------------------------------------------------------------------------------
 
@@ -355,10 +357,10 @@ class RepresentationSimilarity(Detector):
         for m in suspects(ctx):
             m_layers = _layers(m.adapter, p.max_layers)
             # a model's profile depends on the teacher and that model only: computed once per audit (the negative
-            # controls seat the same models again)
+            # controls seat the same models again) and kept in the cache (a re-run reads it back)
             grid, (a, b), values[m.name] = ctx.memo(
-                (self.name, p), m, lambda m=m, m_layers=m_layers: cka_profile(  # type: ignore[misc]
-                    self._vectors(ctx, m, texts, spans, m_layers), teacher, keep))
+                (self.name, p), m, functools.partial(self._profile, ctx, m, texts, spans, m_layers, t_layers, teacher,
+                                                     keep))
             heatmaps[m.name] = {"layers": m_layers, "teacher_layers": t_layers,
                                 "cka": [[round(float(v), 4) for v in row] for row in grid],
                                 "best": [m_layers[a], t_layers[b]], "best_cka": round(float(grid[a, b]), 4)}
@@ -382,6 +384,29 @@ class RepresentationSimilarity(Detector):
             examples=examples,
         )
         return _one_sided(evidence)
+
+    def _profile(self, ctx: DetectorContext, model: Any, texts: list[str], spans: list[list[tuple[int, int]]],
+                 layers: list[int], teacher_layers: list[int], teacher: list[np.ndarray],
+                 keep: list[int]) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+        t_fp, m_fp = ctx.teacher.adapter.fingerprint, model.adapter.fingerprint
+        key = {"teacher": t_fp["model"], "model": m_fp["model"], "teacher_numerics": t_fp.get("numerics"),
+               "model_numerics": m_fp.get("numerics"), "texts": prompts_hash(tuple(texts)), "keep": keep,
+               "layers": layers, "teacher_layers": teacher_layers, "words": _WORD.pattern, "rule": "cka-profile-v1"}
+
+        def to_arrays(profile: tuple[np.ndarray, tuple[int, int], np.ndarray]) -> dict[str, np.ndarray]:
+            return {"grid": profile[0], "best": np.asarray(profile[1], dtype=np.int64), "per_text": profile[2]}
+
+        def from_arrays(a: Mapping[str, np.ndarray]) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+            grid, best, per_text = a["grid"], a["best"], a["per_text"]
+            if grid.shape != (len(layers), len(teacher_layers)) or best.shape != (2,) or per_text.shape != (len(texts),):
+                raise ValueError("a stored CKA profile of other shapes")
+            if not (0 <= best[0] < grid.shape[0] and 0 <= best[1] < grid.shape[1]):
+                raise ValueError("a stored CKA profile whose best layer pair is outside its grid")
+            return grid, (int(best[0]), int(best[1])), per_text
+
+        return ctx.engine.stored(
+            "cka-profile", key,
+            lambda: cka_profile(self._vectors(ctx, model, texts, spans, layers), teacher, keep), to_arrays, from_arrays)
 
     @staticmethod
     def _vectors(ctx: DetectorContext, model: Any, texts: list[str], spans: list[list[tuple[int, int]]],

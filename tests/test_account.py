@@ -112,7 +112,9 @@ def test_a_second_run_on_the_same_cache_computes_nothing_for_any_model(two_runs:
     for name, usage in second["by_model"].items():
         assert usage["computed"] == 0 and usage["forward_passes"] == 0, name
         assert usage["tokens_scored"] == usage["tokens_generated"] == 0, name
-        assert usage["requests"] == usage["cache_hits"] == first["by_model"][name]["requests"], name
+        # results kept in the cache (a CKA profile, the weight test) are read back without asking again for the
+        # inference they were computed from: never more requests than the first run, every one from the cache
+        assert usage["requests"] == usage["cache_hits"] <= first["by_model"][name]["requests"], name
     assert all(a.forward_passes == 0 for a in two_runs["second"]["adapters"])
 
 

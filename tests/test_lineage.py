@@ -363,3 +363,30 @@ def test_the_cka_grid_equals_pair_by_pair_linear_cka() -> None:
     want = np.array([[linear_cka(model[a], teacher[b]) for b in range(4)] for a in range(3)])
     np.testing.assert_allclose(grid, want, rtol=1e-10, atol=1e-12, equal_nan=True)
     assert np.isnan(grid[:, 2]).all() and np.isfinite(np.delete(grid, 2, axis=1)).all()
+
+
+def test_cka_profiles_are_kept_in_the_cache_and_read_back_the_same(llama_dir: Path, gpt2_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import distill_audit.detectors.lineage as lineage
+
+    models = {name: HFAdapter.load(str(path), name=name) for name, path in
+              [("teacher", llama_dir), ("student", gpt2_dir), ("reference-1", llama_dir), ("reference-2", gpt2_dir)]}
+    handles = {name: ModelHandle(name.split("-")[0], name, adapter) for name, adapter in models.items()}
+    prompts = ("Kise peru suni roso ria", "Vunu tea loa lile dani", "Runo lee dau neni kilo zesa")
+
+    def run() -> dict[str, Any]:
+        engine = Engine(InferenceCache(tmp_path / "cache.sqlite"), progress=False)
+        ctx = DetectorContext(handles["teacher"], handles["student"], (handles["reference-1"], handles["reference-2"]),
+                              prompts, 0, engine)
+        evidence = RepresentationSimilarity().run(ctx).to_dict()
+        engine.cache.close()
+        return evidence
+
+    first = run()
+
+    def not_again(*args: Any) -> Any:
+        raise AssertionError("a stored CKA profile was computed again")
+
+    monkeypatch.setattr(lineage, "cka_profile", not_again)
+    second = run()
+    assert json.dumps(second, sort_keys=True, default=str) == json.dumps(first, sort_keys=True, default=str)
