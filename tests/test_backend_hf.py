@@ -94,6 +94,42 @@ def test_texts_that_begin_alike_are_scored_through_one_shared_beginning(adapter:
         np.testing.assert_array_equal(b.topk_ids[1:, 0], single.topk_ids[1:, 0])
 
 
+def test_a_long_shared_beginning_and_a_long_own_ending_in_one_batch_stay_inside_the_context(adapter: HFAdapter) -> None:
+    """Every text fits the 64-token context, but the longest shared beginning plus the longest own ending does not:
+    the padding of the shorter endings must not be given positions past the context (absolute position embeddings
+    index out of range), and the numbers still equal scoring each text whole."""
+    from distill_audit.backends import hf
+
+    words = "kise peru dani kilo zesa gona lonu sisa reno bilo mini runo lee dau neni vunu tea loa lile".split() * 8
+
+    def grown(start: str, tokens: int) -> str:  # the longest run of words from `start` within `tokens` tokens
+        text = start
+        for word in words:
+            if len(adapter._encode([f"{text} {word}"])[0]) > tokens:
+                break
+            text = f"{text} {word}"
+        return text
+
+    long_shared = grown("Kise", 50)
+    short_shared = grown("Runo", 20)
+    own_words = "vunu tea loa lile dani zosa tiu velo pie " * 6
+    texts = [long_shared + " mini", long_shared + " dau", short_shared + " " + own_words[: own_words.index(" ", 150)],
+             short_shared + " pie zosa"]
+    while len(adapter._encode([texts[2]])[0]) > 62:
+        texts[2] = texts[2].rsplit(" ", 1)[0]
+    encoded = adapter._encode(texts)
+    assert all(len(ids) <= adapter.context_length for ids in encoded)
+    groups = hf.prefix_groups(encoded, hf._MIN_SHARED_TOKENS)
+    longest_shared = max(shared for shared, rows in groups if len(rows) > 1)
+    longest_own = max(len(ids) - shared for shared, rows in groups for ids in (encoded[r] for r in rows))
+    assert longest_shared + longest_own > adapter.context_length  # the case that overflowed
+    batched = adapter.score(texts, top_k=5)
+    for text, b in zip(texts, batched):
+        (single,) = adapter.score([text], top_k=5)
+        np.testing.assert_allclose(b.target_logprob, single.target_logprob, atol=2e-4, rtol=1e-4, equal_nan=True)
+        np.testing.assert_allclose(b.entropy, single.entropy, atol=2e-4, rtol=1e-4, equal_nan=True)
+
+
 def test_prefix_groups_keep_probes_apart_and_leave_every_row_a_token() -> None:
     from distill_audit.backends.hf import prefix_groups
 

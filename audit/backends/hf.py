@@ -418,6 +418,9 @@ class HFAdapter(ModelAdapter):
         cache.batch_select_indices(index)
         starts = torch.tensor([groups[g][0] for g, _ in order], device=p_ids.device)
         positions = starts[:, None] + torch.arange(s_ids.shape[1], device=p_ids.device)[None, :]
+        # a padding position is masked out, but a long shared beginning plus the batch's longest own ending may pass
+        # the context, where absolute position embeddings have no row: padding keeps its row's first position
+        positions = torch.where(s_mask.bool(), positions, starts[:, None])
         self.forward_passes += 1
         s_hidden = base(input_ids=s_ids, attention_mask=torch.cat([p_mask[index], s_mask], dim=1),
                         position_ids=positions, use_cache=False, **{kwarg: cache})[0]
