@@ -58,7 +58,7 @@ class WeightParams:
     margin: float = 0.05  # mean cosine of corresponding units counted as inherited
 
 
-_PERMUTATION_BATCH = 64  # permutations scored together by weight_lineage_test
+_PERMUTATION_BATCH = 1024  # permutations scored together (per block) by weight_lineage_test
 
 
 def _unit_rows(mats: Sequence[np.ndarray], idx: np.ndarray | None) -> list[np.ndarray]:
@@ -66,7 +66,7 @@ def _unit_rows(mats: Sequence[np.ndarray], idx: np.ndarray | None) -> list[np.nd
     for m in mats:
         rows = m if idx is None else m[idx]
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        out.append((rows / np.maximum(norms, 1e-12)).astype(np.float64))
+        out.append((rows / np.maximum(norms, 1e-12)).astype(np.float32))
     return out
 
 
@@ -89,31 +89,38 @@ def weight_lineage_test(teacher: Sequence[np.ndarray], student: Sequence[np.ndar
     # Cross-cosines G[i, j][a, b] = cos(student i unit a, teacher j unit b): a permutation of the student's units
     # only reorders rows, so every permuted statistic is a diagonal sum of these. Per student block they are laid
     # out as rows (a, b) of teacher blocks, so a permuted diagonal is one gather-and-sum of rows (an embedding bag).
+    # float32 (the gather runs at memory speed, and float64 has no fast kernel): the observed statistic is the
+    # identity permutation's sum through the same kernel, so observed and permuted values are computed alike.
     import torch
 
     arange = np.arange(units)
-    layouts: list[torch.Tensor] = []
+    blocks = sorted({a for a, _ in pairs})
+    # drawn in the order of one permutation per block, permutation after permutation (the seeded sequence the test
+    # has always used), all before scoring, so that each block's layout is then read for every permutation in turn
+    # while it sits in the CPU's cache
+    index_type = np.int16 if units <= np.iinfo(np.int16).max else np.int64
+    perms = np.empty((permutations, len(blocks), units), dtype=index_type)
+    for b in range(permutations):
+        for k in range(len(blocks)):
+            perms[b, k] = rng.permutation(units)
     observed: dict[tuple[int, int], float] = {}
+    maxima = np.full(permutations, -np.inf)
     with torch.inference_mode():
-        for i in sorted({a for a, _ in pairs}):
+        for k, i in enumerate(blocks):
             js = [j for a, j in pairs if a == i]
             teachers = torch.from_numpy(np.concatenate([t_rows[j] for j in js]))  # [teacher blocks x units, d]
             cos = (torch.from_numpy(s_rows[i]) @ teachers.T).view(units, len(js), units)  # [a, j, b]
             layout = cos.permute(0, 2, 1).reshape(units * units, len(js))  # row a * units + b: G[i, j][a, b] by j
-            for j, diagonal in zip(js, layout[torch.from_numpy(arange * units + arange)].sum(dim=0).tolist()):
+            del cos
+            identity = torch.nn.functional.embedding_bag(torch.from_numpy(arange * units + arange)[None], layout,
+                                                         mode="sum")[0]
+            for j, diagonal in zip(js, identity.tolist()):
                 observed[(i, j)] = diagonal / units
-            layouts.append(layout)
-        maxima = np.empty(permutations)
-        for start in range(0, permutations, _PERMUTATION_BATCH):
-            count = min(_PERMUTATION_BATCH, permutations - start)
-            # drawn in the order of one permutation per block, permutation after permutation (the seeded sequence
-            # the test has always used), then scored a batch at a time
-            perms = np.array([[rng.permutation(units) for _ in layouts] for _ in range(count)])  # [count, blocks, units]
-            per_block = torch.stack([
-                torch.nn.functional.embedding_bag(torch.from_numpy(perms[:, k] * units + arange), layout,
-                                                  mode="sum").amax(dim=1)
-                for k, layout in enumerate(layouts)])
-            maxima[start : start + count] = per_block.amax(dim=0).numpy() / units
+            for start in range(0, permutations, _PERMUTATION_BATCH):
+                chunk = perms[start : start + _PERMUTATION_BATCH, k].astype(np.int64) * units + arange
+                sums = torch.nn.functional.embedding_bag(torch.from_numpy(chunk), layout, mode="sum").amax(dim=1)
+                np.maximum(maxima[start : start + len(chunk)], sums.double().numpy() / units,
+                           out=maxima[start : start + len(chunk)])
     best = max(observed.values())
     p = (1 + int(np.sum(maxima >= best))) / (1 + permutations)
     adjusted = {key: (1 + int(np.sum(maxima >= value))) / (1 + permutations) for key, value in observed.items()}
@@ -152,7 +159,7 @@ class WeightLineage(Detector):
         t_fp, s_fp = ctx.teacher.adapter.fingerprint, ctx.student.adapter.fingerprint
         key = {"teacher": t_fp["model"], "student": s_fp["model"], "teacher_numerics": t_fp.get("numerics"),
                "student_numerics": s_fp.get("numerics"), "permutations": p.permutations, "max_units": p.max_units,
-               "seed": ctx.seed, "rule": "weight-lineage-v1"}
+               "seed": ctx.seed, "rule": "weight-lineage-v2"}
         # the test takes a while on a real model (its cross-cosines and thousands of permutations), so its result
         # is kept in the cache: a re-run from the cache, and the negative controls of a later run, read it back
         res = ctx.engine.stored("weight-lineage", key,
@@ -166,7 +173,7 @@ class WeightLineage(Detector):
         i, j = best_pair
         s_rows = _unit_rows([student[i]], res["unit_index"])[0]
         t_rows = _unit_rows([teacher[j]], res["unit_index"])[0]
-        per_unit = np.einsum("ad,ad->a", s_rows, t_rows)
+        per_unit = np.einsum("ad,ad->a", s_rows, t_rows).astype(np.float64)
         boots = [float(per_unit[rng.integers(0, per_unit.size, per_unit.size)].mean()) for _ in range(1000)]
         ci_low, ci_high = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
         maxima = res["null_maxima"]

@@ -272,8 +272,9 @@ def test_cka_profile_refuses_nothing_to_compare() -> None:
 
 def _weight_lineage_reference(teacher: list[np.ndarray], student: list[np.ndarray], rng: np.random.Generator,
                               permutations: int, max_units: int) -> tuple[float, np.ndarray, dict[Any, float]]:
-    """The test as first written (one permutation at a time, every block pair's full cross-cosine matrix): the
-    batched implementation must give the same null maxima, p-value and observed statistics from the same seed."""
+    """The test as first written (one permutation at a time, every block pair's full cross-cosine matrix, float64):
+    the batched float32 implementation must give the same null maxima and observed statistics (within float32
+    rounding) and the same p-value from the same seed."""
     pairs = [(i, j) for i, s in enumerate(student) for j, t in enumerate(teacher) if s.shape == t.shape]
     units = student[pairs[0][0]].shape[0]
     idx = None
@@ -306,11 +307,11 @@ def test_batched_weight_lineage_test_equals_the_one_at_a_time_test(copied: bool)
         student[1] = teacher[2] + 0.3 * rng.standard_normal((40, 8))
     got = weight_lineage_test(teacher, student, np.random.default_rng(5), permutations=150, max_units=32)
     p, maxima, observed = _weight_lineage_reference(teacher, student, np.random.default_rng(5), 150, 32)
-    np.testing.assert_allclose(got["null_maxima"], maxima, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got["null_maxima"], maxima, rtol=0, atol=1e-5)  # float32 sums against float64
     assert got["p_value"] == p and (not copied or p == 1 / 151)  # a copied block: no permutation reaches it
     assert got["observed"].keys() == observed.keys()
     for key, value in observed.items():
-        assert got["observed"][key] == pytest.approx(value, abs=1e-12)
+        assert got["observed"][key] == pytest.approx(value, abs=1e-5)
 
 
 def test_the_weight_test_is_kept_in_the_cache_and_read_back_the_same(lineage_models: dict[str, Any], tmp_path: Path,
