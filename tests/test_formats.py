@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -328,3 +329,24 @@ def test_a_chat_transcript_is_asked_as_it_was_logged(tmp_path: Path) -> None:
     flat = tmp_path / "flat.jsonl"
     flat.write_text(json.dumps({"prompt": "Hi", "completion": "Hello"}) + "\n")
     assert TranscriptAdapter.load(flat, name="teacher").fixed_format == "plain"
+
+
+def test_each_conversation_is_rendered_through_the_template_once(chat: HFAdapter, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """An audit renders every probe many times per model; the template runs once per distinct conversation and
+    the kept rendering is the one the template gives."""
+    calls: list[int] = []
+    original = chat.tokenizer.apply_chat_template
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(chat.tokenizer, "apply_chat_template", counting)
+    chat._rendered.clear()
+    first = [{"role": "user", "content": "Kise peru dani"}]
+    second = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Kise peru dani"}]
+    renderings = [chat.chat_prompt(m) for m in (first, second, first, [dict(m) for m in second], first)]
+    assert len(calls) == 2
+    assert renderings[0] == renderings[2] == renderings[4] != renderings[1] == renderings[3]
+    assert renderings[1] == chat._render_chat(second)

@@ -42,6 +42,7 @@ _STAT_ROWS = 16
 _ACCELERATOR_HEAD_ROWS = 4096
 # Texts of one batch that share at least this many leading tokens are scored with those tokens run once.
 _MIN_SHARED_TOKENS = 8
+_RENDERED_KEPT = 1 << 16  # chat renderings kept per model (an audit's probes in each of its formats)
 # Top-k through groups: the k largest logits lie in the k groups with the largest maxima, so topk runs over those
 # groups' members (k x _TOPK_GROUP) instead of the whole vocabulary.
 _TOPK_GROUP = 128
@@ -181,6 +182,7 @@ class HFAdapter(ModelAdapter):
         self._fast_head = self._fast_head_matches()
         self._shares_prefixes: bool | None = None  # decided at the first scoring (see shares_prefixes)
         self._mlp_weights: list[np.ndarray] | None = None
+        self._rendered: dict[tuple[tuple[tuple[str, str], ...], ...], str | None] = {}  # chat_prompt's renderings
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -504,6 +506,16 @@ class HFAdapter(ModelAdapter):
         None without a template, or when the template cannot render it (e.g. a system turn it does not allow)."""
         if not getattr(self.tokenizer, "chat_template", None):
             return None
+        # an audit renders each probe many times per model (every detector, every answer read, every negative
+        # control): the template is a pure function of the conversation, so each one is rendered once
+        key = tuple(tuple(sorted((str(k), str(v)) for k, v in m.items())) for m in messages)
+        if key not in self._rendered:
+            if len(self._rendered) >= _RENDERED_KEPT:
+                self._rendered.clear()
+            self._rendered[key] = self._render_chat(messages)
+        return self._rendered[key]
+
+    def _render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None:
         try:
             text = self.tokenizer.apply_chat_template(
                 [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
@@ -571,7 +583,7 @@ class HFAdapter(ModelAdapter):
         for index in sorted(blocks):
             mats = blocks[index]
             if len({m.shape[0] for m in mats}) == 1:
-                out.append(torch.cat(mats, dim=1).numpy().astype(np.float32))
+                out.append(torch.cat(mats, dim=1).numpy().astype(np.float32, copy=False))
         return out
 
     def hidden_states(self, texts: Sequence[str], layers: Sequence[int],
