@@ -253,9 +253,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--trust-remote-code", "load", bool, default=False, field="load.trust_remote_code", recorded=True,
            help="Run model code shipped with a checkpoint. Off by default; trusted sources only."),
     Option("--batch-tokens", "load", int, interval=Interval(low=1), field="token_budget", recorded=True,
-           help="Token budget of one batch (rows x longest row) [default: 1024 on a CPU, where cache-sized batches "
-                "run fastest, and 8192 for generation, where a step reads the weights for one token a row; 16384 on "
-                "a GPU]. Given, it caps both. Halved automatically on out-of-memory."),
+           help="Token budget of one batch (rows x longest row) [default: 1024 on a CPU in float32, where cache-sized "
+                "batches run fastest, 4096 in bfloat16/float16, and 8192 for generation, where a step reads the "
+                "weights for one token a row; 16384 on a GPU]. Given, it caps both. Halved automatically on "
+                "out-of-memory."),
     Option("--cache-dir", "load", Path, relative="path", check=_check_directory,
            help="Inference cache and demo models [default: the user cache directory]."),
     Option("--no-cache", "load", bool, default=True, help="Keep no inference cache on disk."),

@@ -154,3 +154,12 @@ def test_inputs_longer_than_the_context_are_refused(llama_dir: Path) -> None:
         engine.generate(adapter, ["Kise " * 50], GenerateParams(max_new_tokens=8))
     with pytest.raises(ProbeTooLongError):
         engine.generate(adapter, ["Kise " * 30], GenerateParams(max_new_tokens=40))  # prompt fits, output does not
+
+
+def test_the_default_budget_follows_the_device_and_the_dtype() -> None:
+    from distill_audit.engine import default_token_budget
+
+    assert default_token_budget(["cpu"]) == default_token_budget(["cpu"], ["float32"]) == 1024
+    assert default_token_budget(["cpu", "cpu"], ["bfloat16", "bfloat16"]) == 4096
+    assert default_token_budget(["cpu", "cpu"], ["bfloat16", "float32"]) == 1024  # a float32 model sets the pace
+    assert default_token_budget(["cuda:0"], ["float32"]) == 16384
