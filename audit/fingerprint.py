@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping
 
@@ -99,8 +100,6 @@ def safetensors_fingerprint(files: Iterable[Path]) -> str:
 
     # tensors are hashed side by side (sha256 releases the GIL on large buffers): the same records, in the time of
     # the largest share rather than of the whole file on one core
-    from concurrent.futures import ThreadPoolExecutor
-
     workers = max(1, min(4, os.cpu_count() or 1))
     jobs.sort(key=lambda job: -job[5])
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -515,7 +515,7 @@ def execute(plan: AuditPlan, models: OpenModels, cache: InferenceCache, progress
     warnings = list(plan.warnings) + model_warnings(models)
     teacher, student = models.teacher, models.student
     devices = [str(h.adapter.runtime.get("device", "cpu")) for h in models.handles]
-    dtypes = [str(h.adapter.runtime.get("dtype", "")) for h in models.handles if "dtype" in h.adapter.runtime]
+    dtypes = [str(h.adapter.runtime["dtype"]) for h in models.handles if "dtype" in h.adapter.runtime]
     token_budget = spec.token_budget or default_token_budget(devices, dtypes)
     generate_budget = spec.token_budget or default_generate_budget(devices)
     engine = Engine(cache, token_budget=token_budget, score_top_k=spec.score_top_k, progress=progress,
